@@ -1,0 +1,116 @@
+"""The ASE calculator: one trained model, or a committee of them, behind ASE's Calculator API.
+
+Results (ASE units): ``energy`` and ``free_energy`` (eV; equal, the model has no electronic entropy),
+``forces`` (N, 3) eV/Å, ``energies`` (N,) per-atom eV summing to ``energy``, and ``stress`` (Voigt
+xx yy zz yz xz xy, eV/Å³) for cells periodic in all three directions. For a committee each result is
+the mean over members, and ``energy_std`` (eV) and ``forces_std`` (N,) per atom, eV/Å, are added:
+forces_std_i = sqrt(Σ_c Var_members(F_ic)), the length of the per-component standard deviations.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from .data import Graph
+from .errors import InvalidStructureError
+from .modelfile import load_model
+from .models import PotentialModel
+from .neighbors import CachedNeighborList
+
+ModelSpec = str | Path | PotentialModel
+
+
+class PIMLIPCalculator(Calculator):
+    """ASE calculator for pimlip_ase models.
+
+    Args:
+        model: a model file path, a model object, or a list of either (a committee).
+        device: torch device to run on ("cpu", "cuda", ...).
+        dtype: float dtype to run in (default: each model's own, float64 unless trained otherwise).
+        skin: neighbour-list skin, Å; the list is reused until an atom moves more than skin/2.
+    """
+
+    implemented_properties = ("energy", "free_energy", "forces", "stress", "energies")
+
+    def __init__(self, model: ModelSpec | Sequence[ModelSpec], device: str | torch.device = "cpu",
+                 dtype: torch.dtype | str | None = None, skin: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        specs = list(model) if isinstance(model, (list, tuple)) else [model]
+        if not specs:
+            raise ValueError("PIMLIPCalculator needs at least one model")
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        self.device = torch.device(device)
+        self.models = [self._load(m, dtype) for m in specs]
+        self.dtype = self.models[0].dtype
+        species = {tuple(m.species) for m in self.models}
+        if len(species) > 1:
+            raise ValueError(f"committee members have different species: {sorted(species)}")
+        self.neighbors = CachedNeighborList(max(m.cutoff for m in self.models), skin)
+        if any(not m.conservative for m in self.models):
+            warnings.warn("this model predicts forces directly (forces='direct'): they are not the "
+                          "gradient of the energy, so total energy drifts in NVE MD", stacklevel=2)
+
+    def _load(self, spec: ModelSpec, dtype: torch.dtype | None) -> PotentialModel:
+        model = spec if isinstance(spec, PotentialModel) else load_model(spec)
+        return model.to(device=self.device, dtype=dtype or model.dtype).eval()
+
+    @property
+    def is_committee(self) -> bool:
+        return len(self.models) > 1
+
+    def _graph(self, atoms) -> Graph:
+        positions = atoms.get_positions()
+        if not np.all(np.isfinite(positions)):
+            bad = np.unique(np.nonzero(~np.isfinite(positions))[0]).tolist()[:10]
+            raise InvalidStructureError(f"positions of atoms {bad} are NaN or inf; refusing to evaluate")
+        cell, pbc = np.asarray(atoms.cell[:]), np.asarray(atoms.pbc, dtype=bool)
+        edge_index, shifts = self.neighbors.get(positions, atoms.numbers, cell, pbc)
+        n, dev, dt = len(atoms), self.device, self.dtype
+        empty_b, empty_n = torch.zeros(1, dtype=dt, device=dev), torch.zeros(n, dtype=torch.bool, device=dev)
+        return Graph(
+            positions=torch.as_tensor(positions, dtype=dt, device=dev),
+            numbers=torch.as_tensor(atoms.numbers, dtype=torch.long, device=dev),
+            cell=torch.as_tensor(cell, dtype=dt, device=dev).unsqueeze(0),
+            pbc=torch.as_tensor(pbc, device=dev).unsqueeze(0),
+            batch=torch.zeros(n, dtype=torch.long, device=dev),
+            edge_index=torch.as_tensor(edge_index, device=dev),
+            shifts=torch.as_tensor(shifts, dtype=dt, device=dev),
+            energy=empty_b, energy_mask=torch.zeros(1, dtype=torch.bool, device=dev),
+            forces=torch.zeros((n, 3), dtype=dt, device=dev), forces_mask=empty_n,
+            stress=torch.zeros((1, 3, 3), dtype=dt, device=dev),
+            stress_mask=torch.zeros(1, dtype=torch.bool, device=dev),
+        )
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        periodic = bool(np.all(self.atoms.pbc))
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError(
+                f"stress needs a cell periodic in all three directions; this structure has pbc={self.atoms.pbc}"
+            )
+        graph = self._graph(self.atoms)
+        outs = [m(graph, forces=True, stress=periodic) for m in self.models]
+
+        def stacked(key: str) -> np.ndarray:
+            return torch.stack([o[key].detach() for o in outs]).cpu().double().numpy()
+
+        energy, forces, energies = stacked("energy")[:, 0], stacked("forces"), stacked("energies")
+        self.results = {
+            "energy": float(energy.mean()),
+            "free_energy": float(energy.mean()),
+            "forces": forces.mean(axis=0),
+            "energies": energies.mean(axis=0),
+        }
+        if periodic:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stacked("stress")[:, 0].mean(axis=0))
+        if self.is_committee:
+            self.results["energy_std"] = float(energy.std())
+            self.results["forces_std"] = np.sqrt(forces.var(axis=0).sum(axis=-1))

@@ -1,0 +1,65 @@
+"""Error metrics of a model on labelled structures (used by training, `pimlip eval` and benchmarks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .data import Graph, iterate_batches
+from .models import PotentialModel
+
+#: Metric names and units, in the order tables print them.
+METRICS = {
+    "energy_mae": "eV",
+    "energy_rmse": "eV",
+    "energy_per_atom_mae": "eV/atom",
+    "energy_per_atom_rmse": "eV/atom",
+    "forces_mae": "eV/Å",
+    "forces_rmse": "eV/Å",
+    "stress_mae": "eV/Å³",
+    "stress_rmse": "eV/Å³",
+}
+
+
+def predict(model: PotentialModel, graphs: Sequence[Graph], batch_size: int = 16,
+            forces: bool = True, stress: bool = False) -> list[dict[str, torch.Tensor]]:
+    """Model outputs for each batch of ``graphs`` (detached, in input order)."""
+    outs = []
+    for batch in iterate_batches(graphs, batch_size, shuffle=False):
+        out = model(batch, forces=forces, stress=stress)
+        outs.append({k: v.detach() for k, v in out.items()})
+    return outs
+
+
+def error_metrics(model: PotentialModel, graphs: Sequence[Graph], batch_size: int = 16
+                  ) -> dict[str, float]:
+    """MAE and RMSE of energy (per structure and per atom), forces (per component) and stress.
+
+    Only labelled entries count; a metric with no labelled entry is NaN. Also returns ``n_energy``,
+    ``n_forces`` (atoms) and ``n_stress``, and the mean squared errors ``mse_energy_per_atom``,
+    ``mse_energy``, ``mse_forces``, ``mse_stress`` used for validation losses.
+    """
+    want_forces = any(bool(g.forces_mask.any()) for g in graphs)
+    want_stress = any(bool(g.stress_mask.any()) for g in graphs)
+    e_err, e_atom_err, f_err, s_err = [], [], [], []
+    for batch in iterate_batches(graphs, batch_size, shuffle=False):
+        out = model(batch, forces=want_forces, stress=want_stress)
+        diff = (out["energy"].detach() - batch.energy.to(out["energy"].dtype))[batch.energy_mask]
+        e_err.append(diff)
+        e_atom_err.append(diff / batch.n_atoms[batch.energy_mask].to(diff.dtype))
+        if want_forces:
+            f_err.append((out["forces"].detach() - batch.forces.to(diff.dtype))[batch.forces_mask].reshape(-1))
+        if want_stress:
+            s_err.append((out["stress"].detach() - batch.stress.to(diff.dtype))[batch.stress_mask].reshape(-1))
+    result: dict[str, float] = {}
+    for name, errs, count_div in (("energy", e_err, 1), ("energy_per_atom", e_atom_err, 1),
+                                  ("forces", f_err, 3), ("stress", s_err, 9)):
+        err = torch.cat(errs) if errs else torch.zeros(0, dtype=torch.float64)
+        nan = float("nan")
+        result[f"{name}_mae"] = float(err.abs().mean()) if err.numel() else nan
+        result[f"{name}_rmse"] = float(err.pow(2).mean().sqrt()) if err.numel() else nan
+        result[f"mse_{name}"] = float(err.pow(2).mean()) if err.numel() else nan
+        if name != "energy_per_atom":
+            result[f"n_{name}"] = err.numel() // count_div
+    return result
