@@ -1,9 +1,27 @@
-"""pimlip_ase: machine-learned interatomic potentials with physics-informed weak supervision."""
+"""pimlip_ase: machine-learned interatomic potentials with physics-informed weak supervision.
 
-from .calculator import PIMLIPCalculator
-from .modelfile import load_model, save_model
-from .models import build_model
-from .training import train
+Public API: ``PIMLIPCalculator``, ``build_model``, ``load_model``, ``save_model``, ``train``. They are
+imported on first use, so that light entry points (workers, ``pimlip --help``) do not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["PIMLIPCalculator", "build_model", "load_model", "save_model", "train"]
+
+_API = {
+    "PIMLIPCalculator": "calculator",
+    "build_model": "models",
+    "load_model": "modelfile",
+    "save_model": "modelfile",
+    "train": "training",
+}
+__all__ = list(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    raise AttributeError(f"module 'pimlip_ase' has no attribute {name!r}")
