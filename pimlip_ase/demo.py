@@ -11,16 +11,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ase import units
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
 from . import keys
 from .calculator import PIMLIPCalculator
 from .perturb import rattle
 from .training import train
+from .workflow.generate import make_langevin, thermalize
 
 
 def cu_structures(n: int, seed: int, size: int = 2, rattle_sigma: float = 0.1, strain: float = 0.02):
@@ -94,8 +92,9 @@ def run_demo(output: str | Path = "demo_output", quick: bool = False) -> dict[st
     steps = 50 if quick else 500
     atoms = test_set[0].copy()
     atoms.calc = PIMLIPCalculator(results["pitc+pisc"]["model"])
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
-    dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=300, friction=0.02, rng=np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    thermalize(atoms, 300, rng)
+    dyn = make_langevin(atoms, 2.0, 300, friction=0.02, rng=rng)
     t0 = time.perf_counter()
     dyn.run(steps)
     per_step = (time.perf_counter() - t0) / steps
