@@ -141,38 +141,49 @@ class LossFunction:
         self, model: torch.nn.Module, graph: Graph, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.cfg
-        need_forces = cfg.forces > 0 or cfg.piwsl
-        n_struct = graph.n_structures
-        if cfg.piwsl:
-            d1 = zero_mean_displacements(graph.batch, n_struct, _epsilon(graph, cfg), cfg.distribution,
-                                         generator, graph.positions.dtype)
-            d2 = zero_mean_displacements(graph.batch, n_struct, _epsilon(graph, cfg), cfg.distribution,
-                                         generator, graph.positions.dtype)
-            graph_c = graph.with_positions(graph.positions + d1, model.cutoff)
-            graph_b = graph.with_positions(graph.positions + d2, model.cutoff)
-            full = collate([graph, graph_b, graph_c])
-        else:
-            full = graph
-        out = model(full, forces=need_forces, stress=cfg.stress > 0, create_graph=True)
+        if not cfg.piwsl:
+            out = model(graph, forces=cfg.forces > 0, stress=cfg.stress > 0, create_graph=True)
+            return self._total(self._supervised(out, graph))
 
-        n_atom = graph.positions.shape[0]
-        e_a, e_b, e_c = out["energy"][:n_struct], out["energy"][n_struct:2 * n_struct], out["energy"][2 * n_struct:]
-        terms: dict[str, torch.Tensor] = {"energy": energy_loss(e_a, graph, cfg.energy_norm == "per_atom")}
-        if need_forces:
-            f_all = out["forces"]
-            f_a, f_b, f_c = f_all[:n_atom], f_all[n_atom:2 * n_atom], f_all[2 * n_atom:]
-            terms["forces"] = forces_loss(f_a, graph)
-        if cfg.stress > 0:
-            terms["stress"] = stress_loss(out["stress"][:n_struct], graph)
+        n, dtype = graph.n_structures, graph.positions.dtype
+        d1 = zero_mean_displacements(graph.batch, n, _epsilon(graph, cfg), cfg.distribution, generator, dtype)
+        d2 = zero_mean_displacements(graph.batch, n, _epsilon(graph, cfg), cfg.distribution, generator, dtype)
+        graph_c = graph.with_positions(graph.positions + d1, model.cutoff)
+        # Forces (and their double backward) only where a term uses them: A always, B for PISC, and C
+        # only when k > 0; with k = 0 the energy at C comes from a cheaper energy-only pass.
+        with_forces = [graph] + ([graph.with_positions(graph.positions + d2, model.cutoff)] if cfg.pisc > 0 else [])
+        if cfg.k > 0:
+            with_forces.append(graph_c)
+        out = model(collate(with_forces), forces=True, stress=cfg.stress > 0, create_graph=True)
+        energies = torch.split(out["energy"], n)
+        forces = torch.split(out["forces"], graph.positions.shape[0])
+        out_a = {key: value[:n] if key in ("energy", "stress") else value for key, value in out.items()}
+        out_a["forces"] = forces[0]
+        terms = self._supervised(out_a, graph)
+        if cfg.k > 0:
+            e_c, f_c = energies[-1], forces[-1]
+        else:
+            e_c, f_c = model(graph_c, forces=False)["energy"], torch.zeros_like(forces[0])
         if cfg.pitc > 0:
-            e_start, f_start = e_a, f_a
+            e_start, f_start = energies[0], forces[0]
             if cfg.pitc_anchor == "label":
-                e_start = torch.where(graph.energy_mask, graph.energy, e_a)
-                f_start = torch.where(graph.forces_mask[:, None], graph.forces, f_a)
+                e_start = torch.where(graph.energy_mask, graph.energy, e_start)
+                f_start = torch.where(graph.forces_mask[:, None], graph.forces, f_start)
             r1 = taylor_residual(e_start, f_start, e_c, f_c, d1, graph.batch, cfg.k)
             terms["pitc"] = (self._normalise(r1, graph) ** 2).mean()
         if cfg.pisc > 0:
-            r2 = taylor_residual(e_b, f_b, e_c, f_c, d1 - d2, graph.batch, cfg.k)
+            r2 = taylor_residual(energies[1], forces[1], e_c, f_c, d1 - d2, graph.batch, cfg.k)
             terms["pisc"] = (self._normalise(r2, graph) ** 2).mean()
-        total = sum(getattr(cfg, name) * value for name, value in terms.items())
+        return self._total(terms)
+
+    def _supervised(self, out: dict[str, torch.Tensor], graph: Graph) -> dict[str, torch.Tensor]:
+        terms = {"energy": energy_loss(out["energy"], graph, self.cfg.energy_norm == "per_atom")}
+        if "forces" in out:
+            terms["forces"] = forces_loss(out["forces"], graph)
+        if "stress" in out:
+            terms["stress"] = stress_loss(out["stress"], graph)
+        return terms
+
+    def _total(self, terms: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        total = sum(getattr(self.cfg, name) * value for name, value in terms.items())
         return total, {name: float(value.detach()) for name, value in terms.items()}

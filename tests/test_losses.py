@@ -112,7 +112,8 @@ def test_pitfall_4_perturbed_copy_is_displaced_by_exactly_delta():
     gen = torch.Generator().manual_seed(5)
     LossFunction(LossConfig(pitc=1.0, pisc=1.0, epsilon=0.1))(model, graph, gen)
     n = len(atoms)
-    positions = seen[0]
+    positions = torch.cat(seen)  # A, B (with forces), then C (energy only, k = 0)
+    assert positions.shape[0] == 3 * n
     d_b, d_c = positions[n : 2 * n] - positions[:n], positions[2 * n :] - positions[:n]
     for d in (d_b, d_c):
         assert 0.1 / np.sqrt(3) * 0.7 < float(d.std()) < 0.1 / np.sqrt(3) * 1.3
