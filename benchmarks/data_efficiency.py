@@ -1,0 +1,206 @@
+"""Learning curves: does weak supervision pay? Energy-only and energy+force training, plain vs
+PITC+PISC (k = 0 and ½), the energy-only routes (Δ-learning on a cheap method, pretrain on cheap
+energies+forces then fine-tune on reference energies), PaiNN (autograd / direct forces) and SchNet,
+and MACE as the peer — same splits, same epoch budget for every column.
+
+Systems: ``cu`` fcc Cu 32/31-atom cells (with and without a vacancy) from EMT MD at 300–1200 K, EMT
+labels, cheap method a Morse pair potential; ``ethanol`` GFN2-xTB MD at 500 K (tblite), cheap method
+GFN1-xTB; ``water`` the shipped MP2-level set, cheap method GFN2-xTB (when the dataset exists).
+Energy-only runs pick ε and the PIWSL weight by validation energy only (``--tune``).
+
+Every finished run is appended to ``results/data_efficiency_runs.jsonl`` (a rerun skips it), so a
+killed benchmark resumes. Writes results/data_efficiency.md and .png.
+    python benchmarks/data_efficiency.py --preset quick     # minutes: smoke test
+    python benchmarks/data_efficiency.py --preset cpu       # about an hour on 2 cores
+    python benchmarks/data_efficiency.py --preset full      # the issue's full grid (many hours)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import efficiency_data as edata  # noqa: E402
+
+from pimlip_ase import train  # noqa: E402
+from pimlip_ase.data import build_graphs  # noqa: E402
+from pimlip_ase.evaluate import error_metrics  # noqa: E402
+from pimlip_ase.modelfile import load_model  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+RUNS = RESULTS / "data_efficiency_runs.jsonl"
+WORK = RESULTS / "work"
+
+PRESETS = {
+    "quick": {"sizes": [25], "seeds": [0], "systems": ["cu"], "epochs": 15, "n_test": 100,
+              "models": ["painn"], "methods": ["E", "E+PIWSL k=½", "E+F"]},
+    "cpu": {"sizes": [25, 100], "seeds": [0, 1], "systems": ["cu", "ethanol"], "epochs": 120, "n_test": 500,
+            "models": ["painn", "painn-direct", "schnet"],
+            "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "E+F+PIWSL k=0", "Δ E", "Δ E+PIWSL k=½",
+                        "finetune E", "finetune E+PIWSL k=½"]},
+    "full": {"sizes": [25, 50, 100, 200, 400, 1000], "seeds": [0, 1, 2], "systems": ["cu", "ethanol", "water"],
+             "epochs": 500, "n_test": 500, "models": ["painn", "painn-direct", "schnet"],
+             "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "E+F+PIWSL k=0", "E+F+PIWSL k=½", "Δ E",
+                         "Δ E+PIWSL k=½", "finetune E", "finetune E+PIWSL k=½"]},
+}
+#: Model sizes used here: small enough to train to early stopping on 2 CPU cores.
+MODELS = {"painn": {"name": "painn", "n_features": 32, "n_interactions": 3},
+          "painn-direct": {"name": "painn", "n_features": 32, "n_interactions": 3, "forces": "direct"},
+          "schnet": {"name": "schnet", "n_features": 64, "n_interactions": 3}}
+PIWSL_GRID = [(0.02, 0.1), (0.05, 0.1), (0.05, 1.0)]  # (ε Å, w_PITC); w_PISC = w_PITC / 100
+
+
+def loss_for(method: str, eps: float = 0.05, w: float = 1.0) -> dict:
+    loss = {"energy": 1.0, "forces": 10.0 if "E+F" in method else 0.0}
+    if "PIWSL" in method:
+        loss.update(pitc=w, pisc=w / 100, epsilon=eps, k=0.5 if "k=½" in method else 0.0)
+    return loss
+
+
+def fit(system, method, model, n, seed, epochs, eps=0.05, w=1.0, init_from=None, train_set=None):
+    """Train one model; returns (TrainResult, seconds)."""
+    structures = train_set if train_set is not None else edata.train_pool(system, n, seed)
+    if method.startswith("Δ"):
+        structures = edata.delta_labels(system, structures)
+    mcfg = dict(MODELS[model])
+    tag = f"{system}-{model}-{method}-{n}-{seed}-{eps}-{w}".replace(" ", "_").replace("½", "half")
+    cfg = {"model": {**mcfg, "cutoff": edata.CUTOFF[system]},
+           "data": {"train": structures, "valid": 0.2},
+           "loss": loss_for(method, eps, w),
+           "optim": {"lr": 2e-3, "batch_size": 8, "max_epochs": epochs, "patience": max(10, epochs // 5),
+                     "lr_patience": max(4, epochs // 15), "ema": 0.99},
+           "seed": seed, "output": str(WORK / tag), "init_from": init_from}
+    if init_from:
+        cfg["model"] = {"name": mcfg["name"]}
+    t0 = time.perf_counter()
+    out = WORK / tag
+    if (out / "valid.json").exists():  # finished earlier (a pretrained model, or a resumed benchmark)
+        return load_model(out / "model.pt"), 0.0, json.loads((out / "valid.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    res = train(cfg)
+    (out / "valid.json").write_text(json.dumps(res.valid_metrics))
+    return res.model, time.perf_counter() - t0, res.valid_metrics
+
+
+def run_one(system, method, model, n, seed, epochs, tune) -> dict:
+    init_from = None
+    if method.startswith("finetune"):
+        pre, _, _ = fit(system, "E+F", model, edata.N_PRETRAIN, seed, epochs,
+                        train_set=edata.cheap_pool(system, seed))
+        init_from = str(WORK / f"{system}-{model}-E+F-{edata.N_PRETRAIN}-{seed}-0.05-1.0" / "model.pt")
+    grid = PIWSL_GRID if ("PIWSL" in method and tune and "E+F" not in method) else [(0.05, 1.0)]
+    best = None
+    for eps, w in grid:  # energy-only: choose by validation energy alone
+        m, secs, val = fit(system, method, model, n, seed, epochs, eps, w, init_from)
+        if best is None or val["energy_per_atom_mae"] < best[2]["energy_per_atom_mae"]:
+            best = (m, secs, val, eps, w)
+    m, secs, val, eps, w = best
+    test = edata.test_set(system)
+    if method.startswith("Δ"):  # error of cheap + Δ_model against REF = error of Δ_model against REF − cheap
+        test = edata.delta_labels(system, test)
+    metrics = error_metrics(m, build_graphs(test, m.cutoff))
+    return {"system": system, "method": method, "model": model, "n": n, "seed": seed, "eps": eps, "w": w,
+            "train_s": secs, "test_energy_mae_meV_atom": 1e3 * metrics["energy_per_atom_mae"],
+            "test_forces_mae_meV_A": 1e3 * metrics["forces_mae"],
+            "test_forces_rmse_meV_A": 1e3 * metrics["forces_rmse"],
+            "valid_energy_mae_meV_atom": 1e3 * val["energy_per_atom_mae"]}
+
+
+def load_runs() -> list[dict]:
+    if not RUNS.exists():
+        return []
+    return [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
+
+
+def table(runs: list[dict], preset: str, threads: int) -> str:
+    lines = ["# Data efficiency: test errors vs training-set size", "",
+             f"Preset `{preset}`; machine {platform.machine()}, torch {torch.__version__}, {threads} threads, "
+             f"CPU. Models: {MODELS}. AdamW lr 2e-3, batch 8, EMA 0.99, ReduceLROnPlateau, early stopping on "
+             "validation loss (20 % of N held out for validation), the same epoch cap for every column. "
+             "Energy-only PIWSL runs pick (ε, w_PITC) from "
+             f"{PIWSL_GRID} by validation energy only (w_PISC = w_PITC/100). Test sets: "
+             f"{edata.describe()}. Mean ± std over seeds.", "",
+             "| system | model | method | N | seeds | E MAE meV/atom | F MAE meV/Å | F RMSE meV/Å |",
+             "|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["system"], r["model"], r["method"], r["n"]) for r in runs})
+    for system, model, method, n in keys:
+        rs = [r for r in runs if (r["system"], r["model"], r["method"], r["n"]) == (system, model, method, n)]
+
+        def ms(key):
+            vals = [r[key] for r in rs]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
+
+        lines.append(f"| {system} | {model} | {method} | {n} | {len(rs)} | {ms('test_energy_mae_meV_atom')} | "
+                     f"{ms('test_forces_mae_meV_A')} | {ms('test_forces_rmse_meV_A')} |")
+    for system in sorted({r["system"] for r in runs}):
+        lines.append(f"\nReference points for `{system}`: {edata.baselines(system)}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = sorted({r["system"] for r in runs})
+    fig, axes = plt.subplots(1, len(systems), figsize=(6 * len(systems), 4.2), squeeze=False)
+    for ax, system in zip(axes[0], systems):
+        for model, method in sorted({(r["model"], r["method"]) for r in runs if r["system"] == system}):
+            rs = [r for r in runs if (r["system"], r["model"], r["method"]) == (system, model, method)]
+            ns = sorted({r["n"] for r in rs})
+            ys = [statistics.mean(r["test_forces_mae_meV_A"] for r in rs if r["n"] == n) for n in ns]
+            ax.loglog(ns, ys, "o-" if "PIWSL" in method else "s--", label=f"{model}: {method}", ms=4)
+        ax.set_title(system)
+        ax.set_xlabel("training structures N")
+        ax.set_ylabel("test force MAE (meV/Å)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=list(PRESETS), default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-tune", action="store_true", help="skip the (ε, w) grid for energy-only PIWSL")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    p = PRESETS[args.preset]
+    WORK.mkdir(parents=True, exist_ok=True)
+    edata.N_TEST = p["n_test"]
+    done = {(r["system"], r["method"], r["model"], r["n"], r["seed"]) for r in load_runs()}
+    for system in p["systems"]:
+        if not edata.available(system):
+            print(f"skipping {system}: {edata.available.reason}")
+            continue
+        for n in p["sizes"]:
+            for seed in p["seeds"]:
+                for model in p["models"]:
+                    for method in p["methods"]:
+                        if (system, method, model, n, seed) in done:
+                            continue
+                        row = run_one(system, method, model, n, seed, p["epochs"], not args.no_tune)
+                        with RUNS.open("a") as fh:
+                            fh.write(json.dumps(row) + "\n")
+                        print(json.dumps(row), flush=True)
+    runs = [r for r in load_runs() if r["system"] in p["systems"] and r["n"] in p["sizes"]]
+    md = table(runs, args.preset, args.threads)
+    (RESULTS / "data_efficiency.md").write_text(md)
+    plot(runs, RESULTS / "data_efficiency.png")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
