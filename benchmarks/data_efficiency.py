@@ -180,6 +180,8 @@ def main() -> None:
     p = PRESETS[args.preset]
     WORK.mkdir(parents=True, exist_ok=True)
     edata.N_TEST = p["n_test"]
+    edata.N_PRETRAIN = min(edata.N_PRETRAIN, 2 * max(p["sizes"]))
+    edata.POOL = edata.N_TEST + edata.N_PRETRAIN + int(1.25 * max(p["sizes"])) + 10
     done = {(r["system"], r["method"], r["model"], r["n"], r["seed"]) for r in load_runs()}
     for system in p["systems"]:
         if not edata.available(system):

@@ -21,7 +21,7 @@ WORK = Path(__file__).parent / "results" / "work"
 CUTOFF = {"cu": 5.0, "ethanol": 5.0, "water": 5.0}
 N_TEST = 500
 N_PRETRAIN = 200
-POOL = 2000
+POOL = 2000  # set by data_efficiency.py to what the preset needs
 
 
 def _cheap_calc(system: str):
@@ -47,7 +47,7 @@ def _label(atoms, calc, prefix: str) -> None:
     atoms.calc = None
 
 
-def _md_snapshots(start, system: str, temperature: float, n: int, seed: int, every: int = 20):
+def _md_snapshots(start, system: str, temperature: float, n: int, seed: int, every: int = 10):
     atoms = start.copy()
     atoms.calc = _ref_calc(system)
     rng = np.random.default_rng(seed)
@@ -94,7 +94,7 @@ def pool(system: str) -> list:
         for a, b in zip(mp2, xtb):
             a.info["CHEAP_energy"], a.arrays["CHEAP_forces"] = b.info["REF_energy"], b.arrays["REF_forces"]
         return mp2
-    path = WORK / f"pool_{system}.extxyz"
+    path = WORK / f"pool_{system}_{POOL}.extxyz"
     if not path.exists():
         WORK.mkdir(parents=True, exist_ok=True)
         ase.io.write(str(path) + ".tmp.extxyz", _build_pool(system))
@@ -104,8 +104,9 @@ def pool(system: str) -> list:
 
 def _splits(system: str):
     p = pool(system)
-    n_test = min(N_TEST, len(p) // 3)
-    n_pre = min(N_PRETRAIN, len(p) // 6)
+    enough = len(p) >= N_TEST + N_PRETRAIN + 25  # a fixed shipped set may be smaller than asked
+    n_test = N_TEST if enough else len(p) // 2
+    n_pre = N_PRETRAIN if enough else len(p) // 4
     return p[:n_test], p[n_test:n_test + n_pre], p[n_test + n_pre:]
 
 
@@ -167,5 +168,5 @@ def available(system: str) -> bool:
 
 def describe() -> str:
     return (f"Cu: EMT Langevin MD of a 32-atom cell and a 31-atom vacancy cell at 300/600/900/1200 K "
-            f"(2 fs, every 20th step); ethanol: GFN2-xTB Langevin MD at 500 K (0.5 fs, every 20th step); "
+            f"(2 fs, every 10th step); ethanol: GFN2-xTB Langevin MD at 500 K (0.5 fs, every 10th step); "
             f"water: shipped MP2 set. Test sets of up to {N_TEST} structures, disjoint from training")

@@ -107,3 +107,21 @@ def test_nve_conserves_energy_with_a_trained_model(trained_cu_model):
     totals = np.array(totals)
     assert atoms.get_temperature() > 50  # atoms really moved
     assert np.abs(totals - totals[0]).max() / len(atoms) < 1e-3
+
+
+def test_serves_phonopy_and_cell_relaxation(trained_cu_model):
+    from ase.build import bulk
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    from pimlip_ase.workflow.stability import phonons
+
+    calc = PIMLIPCalculator(trained_cu_model)
+    result = phonons(bulk("Cu", "fcc", a=3.61), calc, supercell_matrix=[2, 2, 2], mesh=(4, 4, 4))
+    assert np.isfinite(result.mesh_frequencies_THz).all()
+    assert result.asr_satisfied  # translation invariance of the model's force constants
+    atoms = bulk("Cu", "fcc", a=3.55, cubic=True)
+    atoms.calc = calc
+    opt = BFGS(FrechetCellFilter(atoms), logfile=None)
+    assert opt.run(fmax=1e-3, steps=200)
+    assert np.abs(atoms.get_stress()).max() < 1e-3
