@@ -51,6 +51,9 @@ from pimlip_ase.workflow.delta import delta_calculator, subtract_labels
 
 HERE = Path(__file__).parent
 ROUTES = ("energy-only", "xTB pretrain → fine-tune", "Δ on xTB")
+#: Reference rows and their line style (colour + dash) in the plot.
+REFERENCE_STYLES = {"ceiling: MP2 energies + forces": "k--", "xTB alone (+ mean offset)": "r:",
+                    "xTB-pretrained, not fine-tuned": "g-."}
 TARGETS = ("cbs", "mp2")
 
 
@@ -238,7 +241,7 @@ def run_all(settings: Settings, workdir: Path, log: Callable[[str], None]) -> li
                     new = route_runs(runner, split, target, route, n, seed, pretrained)
                     rows += new
                     for r in new:
-                        log(json.dumps({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()}))
+                        log(json.dumps({k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()}))
     return rows
 
 
@@ -299,8 +302,9 @@ def grid_table(rows: list[dict[str, Any]]) -> list[str]:
                   key=lambda k: (k[0], k[1], _route_order(k[2]), k[3] != "off", k[3]))
     for key in keys:
         sel = [r for r in rows if (r["n"], r["target"], r["route"], r["piwsl"]) == key]
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {_stat(sel, 'valid_energy_mae')} | "
-                     f"{_stat(sel, 'energy_mae')} | {_stat(sel, 'forces_mae')} | {_stat(sel, 'train_s', 1.0)} |")
+        values = [_stat(sel, "valid_energy_mae"), _stat(sel, "energy_mae"), _stat(sel, "forces_mae"),
+                  _stat(sel, "train_s", 1.0)]
+        lines.append(f"| {' | '.join(map(str, key))} | {' | '.join(values)} |")
     return lines
 
 
@@ -320,7 +324,8 @@ def report(rows: list[dict[str, Any]], settings: Settings, command: str, wall_s:
              "the md_seed 0 trajectories, test = the md_seed 1 trajectories "
              f"({len({(r['seed']) for r in rows})} seed(s): {', '.join(map(str, settings.seeds))}; "
              "mean ± std over seeds). Energies per molecule (3 atoms).", "",
-             f"Settings: model {settings.model}; optim {settings.optim} (fine-tuning lr {settings.finetune_lr}); "
+             f"Settings: model {settings.model}; optim {settings.optim} "
+             f"(fine-tuning lr {settings.finetune_lr}); "
              f"validation set {settings.n_valid} energies (energy-only: energies only); pretraining on xTB "
              f"energies + forces of the whole pool (force weight {settings.forces_weight}); PIWSL grid "
              f"(w_PITC, k) ∈ {list(settings.piwsl_grid)}, w_PISC = w_PITC/10, ε = {settings.epsilon} Å, "
@@ -350,8 +355,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                                                and r["route"] == route and (r["piwsl"] != "off") == on])
                         for route in ROUTES]
                 ax.bar(x + shift, vals, 0.4, label="PIWSL on" if on else "PIWSL off")
-            for route, style in (("ceiling: MP2 energies + forces", "k--"), ("xTB alone (+ mean offset)", "r:"),
-                                 ("xTB-pretrained, not fine-tuned", "g-.")):
+            for route, style in REFERENCE_STYLES.items():
                 ref = [r[key] for r in rows if r["n"] == n and r["target"] == target and r["route"] == route
                        and key in r]
                 if ref:
@@ -372,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--results", type=Path, default=None,
                         help="folder for cbs_routes.md/.png/.json (default benchmarks/results; "
                              "runs/cbs_routes_quick with --quick)")
-    parser.add_argument("--workdir", type=Path, default=None, help="training runs (default runs/cbs_routes[_quick])")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="training runs (default runs/cbs_routes[_quick])")
     parser.add_argument("--sizes", type=int, nargs="+", help="override the numbers of training energies")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     args = parser.parse_args(argv)

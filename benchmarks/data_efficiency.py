@@ -6,11 +6,12 @@ and MACE as the peer — same splits, same epoch budget for every column.
 Systems: ``cu`` fcc Cu 32/31-atom cells (with and without a vacancy) from EMT MD at 300–1200 K, EMT
 labels, cheap method a Morse pair potential; ``ethanol`` GFN2-xTB MD at 500 K (tblite), cheap method
 GFN1-xTB; ``water`` the shipped MP2-level set, cheap method GFN2-xTB (when the dataset exists).
-Energy-only runs pick ε and the PIWSL weight by validation energy only (``--tune``).
+Energy-only runs pick ε and the PIWSL weight by validation energy only (unless ``--no-tune``).
 
 Every finished run is appended to ``results/data_efficiency_runs.jsonl`` (a rerun skips it), so a
 killed benchmark resumes. Writes results/data_efficiency.md and .png.
     python benchmarks/data_efficiency.py --preset quick     # minutes: smoke test
+    python benchmarks/data_efficiency.py --preset mini      # ~30 min: Cu, N = 25/100, one seed
     python benchmarks/data_efficiency.py --preset cpu       # about an hour on 2 cores
     python benchmarks/data_efficiency.py --preset full      # the issue's full grid (many hours)
 """
@@ -41,8 +42,11 @@ RUNS = RESULTS / "data_efficiency_runs.jsonl"
 WORK = RESULTS / "work"
 
 PRESETS = {
-    "quick": {"sizes": [25], "seeds": [0], "systems": ["cu"], "epochs": 15, "n_test": 100,
+    "quick": {"sizes": [25], "seeds": [0], "systems": ["cu"], "epochs": 15, "n_test": 100, "tune": False,
               "models": ["painn"], "methods": ["E", "E+PIWSL k=½", "E+F"]},
+    "mini": {"sizes": [25, 100], "seeds": [0], "systems": ["cu"], "epochs": 60, "n_test": 300, "tune": False,
+             "models": ["painn"],
+             "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "Δ E", "finetune E"]},
     "cpu": {"sizes": [25, 100], "seeds": [0, 1], "systems": ["cu", "ethanol"], "epochs": 120, "n_test": 500,
             "models": ["painn", "painn-direct", "schnet"],
             "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "E+F+PIWSL k=0", "Δ E", "Δ E+PIWSL k=½",
@@ -193,7 +197,8 @@ def main() -> None:
                     for method in p["methods"]:
                         if (system, method, model, n, seed) in done:
                             continue
-                        row = run_one(system, method, model, n, seed, p["epochs"], not args.no_tune)
+                        tune = p.get("tune", True) and not args.no_tune
+                        row = run_one(system, method, model, n, seed, p["epochs"], tune)
                         with RUNS.open("a") as fh:
                             fh.write(json.dumps(row) + "\n")
                         print(json.dumps(row), flush=True)
