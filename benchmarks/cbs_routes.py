@@ -31,6 +31,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -312,14 +313,16 @@ def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
-    return (f"{cpu}, torch {torch.__version__} ({torch.get_num_threads()} thread), Python "
-            f"{platform.python_version()}, {platform.system()}")
+    return (f"{cpu} ({os.cpu_count()} logical CPUs, shared), torch {torch.__version__} "
+            f"({torch.get_num_threads()} thread), Python {platform.python_version()}, {platform.system()}")
 
 
 def report(rows: list[dict[str, Any]], settings: Settings, command: str, wall_s: float) -> str:
     """The markdown report: settings, main table per N, then every grid point."""
     lines = ["# Energy-only CCSD(T)/CBS data → forces: three routes, with and without PITC/PISC", "",
-             f"Command: `{command}` ({wall_s / 60:.0f} min wall). Machine: {machine()}.", "",
+             f"Command: `{command}` ({wall_s / 60:.0f} min wall for this invocation; {len(rows)} rows, "
+             f"{sum(r.get('train_s', 0.0) for r in rows) / 60:.0f} min of training in all, finished runs "
+             f"are reused). Machine: {machine()}.", "",
              "Data: shipped water sets (GFN2-xTB MD at 600/1000/1500 K); training pool and validation from "
              "the md_seed 0 trajectories, test = the md_seed 1 trajectories "
              f"({len({(r['seed']) for r in rows})} seed(s): {', '.join(map(str, settings.seeds))}; "

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
 
 from .errors import PimlipError
 
@@ -53,11 +57,107 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console_log() -> None:
+    """Workflow progress (iterations, steps) to stderr; training details stay in each run's train.log."""
+    logger = logging.getLogger("pimlip_ase.workflow")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    _console_log()
     run_demo(args.output, quick=args.quick)
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .workflow.recipe import load_recipe, run_recipe
+
+    _console_log()
+    result = run_recipe(load_recipe(args.recipe), args.output, resume=args.resume)
+    print("\n".join(result.summary_lines()))
+    return 0 if result.verdict in ("PASS", "NO CHECKS") else 1
+
+
+def _structure(text: str):
+    """A structure from a file name or an inline recipe spec such as '{bulk: Cu, cubic: true}'."""
+    from .workflow.recipe import build_structure
+
+    return build_structure(yaml.safe_load(text) if text.lstrip().startswith("{") else text)
+
+
+def _committee(args: argparse.Namespace):
+    from .calculator import PIMLIPCalculator
+
+    return PIMLIPCalculator(args.model if len(args.model) > 1 else args.model[0], device=args.device)
+
+
+def _cmd_md(args: argparse.Namespace) -> int:
+    from .workflow.checks import NVECheck, NVTCheck, check_nve, check_nvt
+    from .workflow.report import plot_md
+
+    common = {"temperature_K": args.temperature, "duration_ps": args.duration, "timestep_fs": args.timestep,
+              "seed": args.seed}
+    if args.ensemble == "nvt":
+        cfg = NVTCheck(**common, friction=args.friction, max_bond_deviation=args.max_bond_deviation)
+        outcome, arrays = check_nvt(cfg, _structure(args.structure), _committee(args))
+    else:
+        outcome, arrays = check_nve(NVECheck(**common, max_drift_meV_atom_ps=args.max_drift),
+                                    _structure(args.structure), _committee(args))
+    print(f"{args.ensemble.upper()} {'pass' if outcome.passed else 'FAIL'}: {outcome.summary}")
+    if args.plot:
+        plot_md(arrays, Path(args.plot).parent, Path(args.plot).name)
+        print(f"plot written to {args.plot}")
+    return 0 if outcome.passed else 1
+
+
+def _cmd_phonons(args: argparse.Namespace) -> int:
+    from .workflow.checks import PhononCheck, check_phonons
+    from .workflow.reference import reference_calculator
+    from .workflow.report import plot_phonons
+
+    cfg = PhononCheck(supercell=args.supercell, mesh=args.mesh, reference=args.reference is not None,
+                      max_mae_THz=args.max_mae)
+    ref = reference_calculator(args.reference) if args.reference else None
+    outcome, arrays = check_phonons(cfg, _structure(args.structure), _committee(args), ref)
+    print(f"phonons {'pass' if outcome.passed else 'FAIL'}: {outcome.summary}")
+    if args.plot:
+        plot_phonons(arrays, Path(args.plot).parent, Path(args.plot).name)
+        print(f"band structure written to {args.plot}")
+    return 0 if outcome.passed else 1
+
+
+def _cmd_label(args: argparse.Namespace) -> int:
+    from .workflow.label import make_labeller
+    from .workflow.store import Store, label_pending
+
+    store = Store(args.db)
+    if args.retry_failed:
+        print(f"{store.retry_failed()} failed structures set back to pending")
+    counts = label_pending(store, make_labeller(args.method), workers=args.workers)
+    print(f"{args.db}: {counts['done']} labelled, {counts['pending']} pending, {counts['failed']} failed")
+    for row, error in store.failures().items():
+        print(f"  row {row}: {error.splitlines()[-1] if error else ''}")
+    return 0 if not counts["failed"] else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .workflow.report import write_report
+
+    print(f"report written to {write_report(args.run)}")
+    return 0
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, nargs="+", help="model file(s); several make a committee")
+    p.add_argument("--structure", required=True,
+                   help="structure file (ASE-readable) or an inline spec like '{bulk: Cu, cubic: true}'")
+    p.add_argument("--device", default="cpu")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +181,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("demo", help="energy-only Cu/EMT training with and without PIWSL, then MD")
+    p = sub.add_parser("run", help="run a recipe: active learning, checks and report")
+    p.add_argument("recipe", help="recipe YAML (see workflows/)")
+    p.add_argument("--output", default=None, help="run folder (default: the recipe's output)")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its store")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("md", help="MD stability check (NVT bond criterion or NVE drift) with a model")
+    _add_model_options(p)
+    p.add_argument("--ensemble", choices=("nvt", "nve"), default="nvt")
+    p.add_argument("--temperature", type=float, default=300.0, help="K")
+    p.add_argument("--timestep", type=float, default=1.0, help="fs")
+    p.add_argument("--duration", type=float, default=1.0, help="ps")
+    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (nvt)")
+    p.add_argument("--max-bond-deviation", type=float, default=0.5, help="Å (nvt)")
+    p.add_argument("--max-drift", type=float, default=1.0, help="meV/atom/ps (nve)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default=None, help="write the energy/temperature traces to this PNG")
+    p.set_defaults(func=_cmd_md)
+
+    p = sub.add_parser("phonons", help="phonon bands, imaginary-mode check and MAE against a reference")
+    _add_model_options(p)
+    p.add_argument("--supercell", type=int, nargs=3, default=[3, 3, 3], help="of the primitive cell")
+    p.add_argument("--mesh", type=int, nargs=3, default=[10, 10, 10])
+    p.add_argument("--reference", default=None, help="reference method for the MAE (emt, xtb, ...)")
+    p.add_argument("--max-mae", type=float, default=0.3, help="THz")
+    p.add_argument("--plot", default=None, help="write the band structure to this PNG")
+    p.set_defaults(func=_cmd_phonons)
+
+    p = sub.add_parser("label", help="label the pending structures of a store (ase.db)")
+    p.add_argument("--db", required=True, help="the store (ase.db file)")
+    p.add_argument("--method", required=True, help="emt, xtb, gfn1-xtb or pyscf:<method>/<basis>")
+    p.add_argument("--workers", type=int, default=1, help="labelling processes")
+    p.add_argument("--retry-failed", action="store_true", help="label failed structures again")
+    p.set_defaults(func=_cmd_label)
+
+    p = sub.add_parser("report", help="rebuild report.md and its plots for a run folder")
+    p.add_argument("run", help="run folder written by `pimlip run`")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("demo", help="the Cu/EMT recipe on a small budget, then energy-only PIWSL vs plain")
     p.add_argument("--output", default="demo_output", help="folder for runs and models")
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds; for tests)")
     p.set_defaults(func=_cmd_demo)

@@ -1,7 +1,11 @@
-"""`pimlip demo`: energy-only training on rattled fcc Cu labelled by ASE's EMT, with and without
-PITC+PISC, scored on held-out forces, then 1 ps of Langevin MD with the PIWSL model.
+"""`pimlip demo`: the shipped Cu/EMT active-learning recipe on a small budget, ending with the
+stability verdict and the report path; then the energy-only comparison of plain training against
+PITC+PISC on held-out EMT forces.
 
 Everything is made here, offline: EMT ships with ASE. The numbers printed are what this run measured.
+The recipe is ``workflows/cu_emt_active_learning.yaml`` of the source tree, with ``DEMO_OVERRIDES``
+merged in (fewer labels and epochs, a 2 ps NVT check, no random baseline) to fit in about five
+minutes on two cores.
 """
 
 from __future__ import annotations
@@ -15,10 +19,41 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from . import keys
-from .calculator import PIMLIPCalculator
+from .errors import ConfigError
 from .perturb import rattle
 from .training import train
-from .workflow.generate import make_langevin, thermalize
+
+#: The shipped recipe the demo runs (source tree: ``pimlip demo`` is run from a checkout via ``make demo``).
+RECIPE = Path(__file__).resolve().parent.parent / "workflows" / "cu_emt_active_learning.yaml"
+
+#: A small budget: 16 + 3 × 8 labels, short trainings, 2 ps of NVT, no random baseline.
+DEMO_OVERRIDES = {
+    "training": {"model": {"n_features": 16}, "optim": {"max_epochs": 40, "patience": 10}},
+    "active_learning": {
+        "label_budget": 40, "max_iterations": 3, "warm_start_epochs": 15, "compare_random": False,
+        "candidates": [{"type": "md", "temperature_K": [300, 900], "n_snapshots": 8, "interval": 10,
+                        "timestep_fs": 2.0},
+                       {"type": "rattle", "n": 8, "sigma": 0.1}],
+    },
+    "checks": {"nvt": {"duration_ps": 2.0}, "nve": {"duration_ps": 0.5}},
+}  # fmt: skip
+
+#: Seconds instead of minutes, for tests: tiny cells and models, a few epochs, 40 fs of MD.
+QUICK_OVERRIDES = {
+    "structures": [{"bulk": "Cu", "crystal": "fcc", "a": 3.61, "cubic": True}],
+    "training": {"model": {"name": "schnet", "cutoff": 3.0, "n_features": 8, "n_interactions": 1},
+                 "loss": {"stress": 0.0}, "optim": {"max_epochs": 2, "batch_size": 4}},
+    "active_learning": {
+        "committee": 2, "label_budget": 8, "per_iteration": 3, "max_iterations": 1, "warm_start_epochs": 1,
+        "workers": 1, "compare_random": False,
+        "initial": [{"type": "rattle", "n": 4, "sigma": 0.05}],
+        "test": [{"type": "rattle", "n": 2, "sigma": 0.1}],
+        "candidates": [{"type": "md", "temperature_K": 600, "n_snapshots": 3, "interval": 3,
+                        "timestep_fs": 2.0}],
+    },
+    "checks": {"phonons": {"supercell": [2, 2, 2], "mesh": [4, 4, 4]},
+               "nvt": {"duration_ps": 0.04}, "nve": {"duration_ps": 0.04}},
+}  # fmt: skip
 
 
 def cu_structures(n: int, seed: int, size: int = 2, rattle_sigma: float = 0.1, strain: float = 0.02):
@@ -52,53 +87,75 @@ def energy_only(structures):
 
 def _config(train_set, test_set, output: Path, piwsl: bool, quick: bool) -> dict:
     return {
-        "model": {"name": "painn", "cutoff": 4.5, "n_features": 16 if quick else 32,
-                  "n_interactions": 2},
+        "model": {"name": "painn", "cutoff": 4.5, "n_features": 8 if quick else 16, "n_interactions": 2},
         "data": {"train": train_set, "valid": 0.2, "test": test_set},
-        "loss": {"energy": 1.0, "forces": 0.0, "pitc": 1.0 if piwsl else 0.0,
-                 "pisc": 0.01 if piwsl else 0.0, "epsilon": 0.05, "k": 0.5},
-        "optim": {"lr": 5e-3, "batch_size": 8, "max_epochs": 3 if quick else 60, "patience": 15,
-                  "lr_patience": 5, "ema": 0.95},
+        "loss": {
+            "energy": 1.0,
+            "forces": 0.0,
+            "pitc": 1.0 if piwsl else 0.0,
+            "pisc": 0.01 if piwsl else 0.0,
+            "epsilon": 0.05,
+            "k": 0.5,
+        },
+        "optim": {
+            "lr": 5e-3,
+            "batch_size": 8,
+            "max_epochs": 2 if quick else 25,
+            "patience": 10,
+            "lr_patience": 5,
+            "ema": 0.95,
+        },
         "seed": 0,
         "output": str(output),
     }
 
 
-def run_demo(output: str | Path = "demo_output", quick: bool = False) -> dict[str, dict[str, float]]:
-    """Run the demo; returns the test metrics of both models (eV units)."""
-    output = Path(output)
-    t_start = time.perf_counter()
-    n_train, n_test = (10, 5) if quick else (60, 40)
-    print(f"labelling {n_train} training and {n_test} test structures of fcc Cu (32 atoms) with EMT ...")
-    train_set = energy_only(cu_structures(n_train, seed=1))
-    test_set = cu_structures(n_test, seed=2)
+def compare_energy_only(output: Path, quick: bool = False) -> dict[str, dict[str, float]]:
+    """Train PaiNN on EMT energies only, plain and with PITC+PISC; print both models' held-out errors."""
+    n_train, n_test = (6, 3) if quick else (24, 16)
+    print(
+        f"\nenergy-only training: {n_train} fcc Cu cells (32 atoms, EMT energies only), scored on "
+        f"{n_test} held-out cells with EMT forces"
+    )
+    train_set, test_set = energy_only(cu_structures(n_train, seed=1)), cu_structures(n_test, seed=2)
     results = {}
     for name, piwsl in (("plain", False), ("pitc+pisc", True)):
         run_dir = output / name
         shutil.rmtree(run_dir, ignore_errors=True)  # the demo always starts afresh
-        print(f"training PaiNN on energies only ({name}) ...")
         t0 = time.perf_counter()
         res = train(_config(train_set, test_set, run_dir, piwsl, quick))
-        results[name] = {**res.test_metrics, "train_s": time.perf_counter() - t0, "model": str(res.model_path)}
-
+        results[name] = {**res.test_metrics, "train_s": time.perf_counter() - t0}
     zero_force = float(np.mean([np.abs(a.arrays[keys.FORCES]).mean() for a in test_set]))
-    print("\nheld-out test set (EMT energies and forces), models trained on energies only:")
     print(f"  {'model':<14}{'E MAE meV/atom':>16}{'F MAE meV/Å':>14}{'F RMSE meV/Å':>14}{'train s':>9}")
     for name, m in results.items():
-        print(f"  {name:<14}{m['energy_per_atom_mae'] * 1e3:>16.2f}{m['forces_mae'] * 1e3:>14.1f}"
-              f"{m['forces_rmse'] * 1e3:>14.1f}{m['train_s']:>9.1f}")
+        print(
+            f"  {name:<14}{m['energy_per_atom_mae'] * 1e3:>16.2f}{m['forces_mae'] * 1e3:>14.1f}"
+            f"{m['forces_rmse'] * 1e3:>14.1f}{m['train_s']:>9.1f}"
+        )
     print(f"  {'zero forces':<14}{'':>16}{zero_force * 1e3:>14.1f}")
-
-    steps = 50 if quick else 500
-    atoms = test_set[0].copy()
-    atoms.calc = PIMLIPCalculator(results["pitc+pisc"]["model"])
-    rng = np.random.default_rng(0)
-    thermalize(atoms, 300, rng)
-    dyn = make_langevin(atoms, 2.0, 300, friction=0.02, rng=rng)
-    t0 = time.perf_counter()
-    dyn.run(steps)
-    per_step = (time.perf_counter() - t0) / steps
-    print(f"\nLangevin MD with the PIWSL model: {steps * 2.0 / 1000:.1f} ps at 300 K (2 fs steps), "
-          f"final T = {atoms.get_temperature():.0f} K, {per_step * 1e3:.1f} ms/step")
-    print(f"demo finished in {time.perf_counter() - t_start:.0f} s; runs in {output}/")
     return results
+
+
+def run_demo(output: str | Path = "demo_output", quick: bool = False) -> dict:
+    """Run the demo in ``output``; returns ``{"recipe": RecipeResult, "energy_only": metrics}``."""
+    from .workflow.recipe import load_recipe, run_recipe
+
+    if not RECIPE.is_file():
+        raise ConfigError(
+            f"the demo runs the shipped recipe {str(RECIPE)!r}, which is missing; run the demo "
+            "from a source checkout (make demo)"
+        )
+    output = Path(output)
+    t_start = time.perf_counter()
+    recipe = load_recipe(RECIPE, overrides=QUICK_OVERRIDES if quick else DEMO_OVERRIDES)
+    run_dir = output / "cu_emt_active_learning"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"active learning of fcc Cu from EMT ({RECIPE.name}, small budget) ...")
+    result = run_recipe(recipe, run_dir)
+    print("\n".join(result.summary_lines()))
+    metrics = compare_energy_only(output, quick)
+    print(
+        f"\ndemo finished in {time.perf_counter() - t_start:.0f} s; stability verdict: {result.verdict}; "
+        f"report: {result.report}"
+    )
+    return {"recipe": result, "energy_only": metrics}

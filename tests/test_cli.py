@@ -48,5 +48,38 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
 def test_demo_quick(tmp_path, capsys):
     assert main(["demo", "--quick", "--output", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "pitc+pisc" in out and "plain" in out and "Langevin MD" in out
+    assert "pitc+pisc" in out and "plain" in out  # the energy-only comparison table
+    assert "stability verdict:" in out and "nvt" in out and "phonons" in out and "labels: 7 training" in out
+    report = tmp_path / "demo" / "cu_emt_active_learning" / "report" / "report.md"
+    assert f"report: {report}" in out and report.is_file()
     assert (tmp_path / "demo" / "pitc+pisc" / "model.pt").exists()
+
+
+def test_md_and_phonons_print_a_verdict(trained_cu_model, tmp_path, capsys):
+    model, spec = str(trained_cu_model), "{bulk: Cu, crystal: fcc, a: 3.61, cubic: true, repeat: [2, 2, 2]}"
+    short = ["--duration", "0.02", "--timestep", "2", "--temperature", "300"]
+    plot = ["--plot", str(tmp_path / "md.png")]
+    assert main(["md", "--model", model, model, "--structure", spec, *short, *plot]) == 0
+    out = capsys.readouterr().out
+    assert "NVT pass: 0.02 ps at 300 K: stable" in out and (tmp_path / "md.png").stat().st_size > 0
+    nve = ["--ensemble", "nve", "--max-drift", "1e6"]
+    assert main(["md", "--model", model, "--structure", spec, *nve, *short]) == 0
+    assert "NVE pass: drift" in capsys.readouterr().out
+    code = main(["phonons", "--model", model, "--structure", "{bulk: Cu, crystal: fcc, a: 3.61}",
+                 "--supercell", "2", "2", "2", "--mesh", "4", "4", "4", "--reference", "emt",
+                 "--plot", str(tmp_path / "bands.png")])
+    out = capsys.readouterr().out
+    assert "MAE vs reference" in out and out.startswith("phonons pass" if code == 0 else "phonons FAIL")
+    assert (tmp_path / "bands.png").stat().st_size > 0
+
+
+def test_label_fills_a_store(tmp_path, capsys):
+    from ase.build import bulk
+
+    from pimlip_ase.workflow.store import Store
+
+    store = Store(tmp_path / "s.db")
+    store.add([bulk("Cu", cubic=True), bulk("Cu", cubic=True) * (1, 1, 2)])
+    assert main(["label", "--db", str(tmp_path / "s.db"), "--method", "emt", "--workers", "1"]) == 0
+    assert "2 labelled, 0 pending, 0 failed" in capsys.readouterr().out
+    assert len(store.labelled_atoms(method="emt")) == 2

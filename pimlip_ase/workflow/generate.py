@@ -32,7 +32,7 @@ from ase.md.langevin import Langevin
 from ase.vibrations import Vibrations
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, InvalidStructureError
+from ..errors import ConfigError, InvalidStructureError, PimlipError
 from ..perturb import DISTRIBUTIONS, rattle
 
 __all__ = [
@@ -369,13 +369,15 @@ def md_structures(
     seed: int = 0,
     parent: int | str | None = None,
     progress: bool | None = None,
+    stop_on_failure: bool = False,
 ) -> list[ase.Atoms]:
     """Langevin MD at ``temperature_K`` with ``calc``; a snapshot every ``interval`` steps.
 
     Velocities start from a Maxwell–Boltzmann draw at ``temperature_K`` (seeded), then
     ``equilibration_steps`` steps are run and discarded. ``friction`` is in 1/fs (0.01 = 100 fs
     relaxation time), ``timestep_fs`` in fs. Raises ``InvalidStructureError`` if the dynamics
-    produce NaN/inf energies or positions.
+    produce NaN/inf energies or positions — or, with ``stop_on_failure``, ends the run there and
+    returns the snapshots taken so far (what an active-learning loop wants from a model that fails).
     """
     _check_count(n_snapshots, "n_snapshots")
     if interval < 1 or timestep_fs <= 0.0:
@@ -397,10 +399,17 @@ def md_structures(
     total = equilibration_steps + n_snapshots * interval
     with _progress(total, "md sampling", progress) as bar:
         for step in range(1, total + 1):
-            dyn.step()
+            try:
+                dyn.step()
+            except PimlipError:  # e.g. the calculator refusing NaN positions
+                if stop_on_failure:
+                    break
+                raise
             bar.update()
             if step > equilibration_steps and (step - equilibration_steps) % interval == 0:
                 if not (np.all(np.isfinite(work.positions)) and np.isfinite(work.get_potential_energy())):
+                    if stop_on_failure:
+                        break
                     raise InvalidStructureError(
                         f"MD of {work.get_chemical_formula()} at {temperature_K} K produced NaN/inf at "
                         f"step {step}; check the calculator or lower the time step"

@@ -25,6 +25,7 @@ __all__ = [
     "NVEResult",
     "NVTResult",
     "hr_error",
+    "max_bond_deviation",
     "nve_drift",
     "nvt_stability",
     "pair_distance_histogram",
@@ -227,6 +228,17 @@ def _reference_bonds(atoms: ase.Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarr
             "bond lengths are ambiguous; run the stability check on a larger supercell"
         )
     return i, j, length
+
+
+def max_bond_deviation(atoms: StructureLike, reference: StructureLike) -> float:
+    """Largest |d_ij − d_ij(reference)| in Å over the bonds of ``reference`` (pairs within
+    ``natural_cutoffs``, minimum image), the quantity :func:`nvt_stability` watches; ``atoms`` must
+    hold the same atoms in the same order."""
+    atoms, reference = as_atoms(atoms), as_atoms(reference)
+    if len(atoms) != len(reference):
+        raise ConfigError(f"bond deviation needs the same atoms: {len(atoms)} vs {len(reference)}")
+    i, j, ref = _reference_bonds(reference)
+    return float(np.max(np.abs(_bond_lengths(atoms, i, j) - ref))) if len(i) else 0.0
 
 
 def _bond_lengths(atoms: ase.Atoms, i: np.ndarray, j: np.ndarray) -> np.ndarray:

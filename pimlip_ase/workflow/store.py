@@ -2,7 +2,8 @@
 
 One row per structure. Key-value pairs (queryable with ``ase db FILE status=failed``):
 
-* ``status``: ``pending`` / ``done`` / ``failed``; ``error`` (text) on failed rows;
+* ``status``: ``pending`` / ``done`` / ``failed``; ``error`` (text) on failed rows; ``candidate`` for
+  a structure that waits for a selection (active learning) and is labelled only once promoted;
 * origin: ``generator`` (str), ``iteration`` (int), ``parent`` (row id of the structure it came from);
 * labels: ``REF_energy`` (eV), ``method`` (the labeller's method string), ``label_time`` (s).
 
@@ -39,6 +40,10 @@ ORIGIN_KEYS = ("generator", "generator_params", "parent", "iteration")
 #: ``atoms.info`` key holding the reference method on structures from :meth:`Store.labelled_atoms`.
 METHOD_KEY = "REF_method"
 STATUSES = ("pending", "done", "failed")
+#: Status of a generated structure that is not (yet) meant to be labelled; see :meth:`Store.promote`.
+CANDIDATE = "candidate"
+#: Key-value pairs the store manages itself; ``tags`` given to :meth:`Store.add` may not use them.
+_RESERVED = {*ORIGIN_KEYS, "status", "error", "method", "label_time", ENERGY}
 
 
 def _origin(atoms: Atoms, defaults: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -73,16 +78,28 @@ class Store:
         self.path = Path(path)
         self._db = ase.db.connect(str(self.path), type="db")
 
-    def add(self, atoms_list: Iterable[Atoms], **origin: Any) -> list[int]:
-        """Add structures as pending; returns their row ids.
+    def add(
+        self,
+        atoms_list: Iterable[Atoms],
+        status: str = "pending",
+        tags: dict[str, str | int | float | bool] | None = None,
+        **origin: Any,
+    ) -> list[int]:
+        """Add structures as ``pending`` (or ``candidate``) in one transaction; returns their row ids.
 
         ``origin`` (``generator``, ``generator_params``, ``parent``, ``iteration``) is the default
         for every structure; the same keys in a structure's ``atoms.info`` take precedence. Other
         scalar ``atoms.info`` entries are kept; labels and calculators on the input are not.
+        ``tags`` are extra queryable key-value pairs for every row (e.g. ``{"role": "test"}``).
         """
         unknown = set(origin) - set(ORIGIN_KEYS)
         if unknown:
             raise ConfigError(f"unknown origin keys {sorted(unknown)}; valid: {', '.join(ORIGIN_KEYS)}")
+        if status not in ("pending", CANDIDATE):
+            raise ConfigError(f"new rows are 'pending' or {CANDIDATE!r}, not {status!r}")
+        tags = dict(tags or {})
+        if set(tags) & _RESERVED:
+            raise ConfigError(f"tags {sorted(set(tags) & _RESERVED)} are managed by the store; rename them")
         skip = {*ORIGIN_KEYS, ENERGY, STRESS, STRUCTURE_ID, METHOD_KEY}
         ids = []
         with self._db:
@@ -94,9 +111,8 @@ class Store:
                     if k not in skip and isinstance(v, (str, int, float, bool))
                 }
                 try:
-                    ids.append(
-                        self._db.write(atoms.copy(), key_value_pairs={**kvp, "status": "pending"}, data=data)
-                    )
+                    kvp = {**kvp, **tags, "status": status}
+                    ids.append(self._db.write(atoms.copy(), key_value_pairs=kvp, data=data))
                 except ValueError as err:  # ase.db refuses e.g. a generator name that reads as a number
                     raise ConfigError(f"cannot store {atoms.get_chemical_formula()}: {err}") from err
         return ids
@@ -152,11 +168,11 @@ class Store:
         """Row id -> error text of every failed row."""
         return {row.id: row.key_value_pairs.get("error", "") for row in self._db.select(status="failed")}
 
-    def labelled_atoms(self, method: str | None = None) -> list[Atoms]:
-        """Labelled structures (optionally of one method) with ``info[REF_energy]`` (eV),
-        ``arrays[REF_forces]`` (eV/Å) and ``info[REF_stress]`` (Voigt eV/Å³) where known, plus
-        origin, ``info["REF_method"]`` and ``info["db_id"]``."""
-        query = {"status": "done", **({"method": method} if method is not None else {})}
+    def labelled_atoms(self, method: str | None = None, **query: Any) -> list[Atoms]:
+        """Labelled structures (optionally of one method, and matching the key-value ``query``) with
+        ``info[REF_energy]`` (eV), ``arrays[REF_forces]`` (eV/Å) and ``info[REF_stress]`` (Voigt
+        eV/Å³) where known, plus origin, ``info["REF_method"]`` and ``info["db_id"]``."""
+        query = {**query, "status": "done", **({"method": method} if method is not None else {})}
         out = []
         for row in self._db.select(sort="id", **query):
             atoms = self._atoms(row)
@@ -176,6 +192,41 @@ class Store:
     def counts(self) -> dict[str, int]:
         """Number of rows per status: ``{"pending": n, "done": n, "failed": n}``."""
         return {status: self._db.count(status=status) for status in STATUSES}
+
+    def count(self, selection: str | None = None, **query: Any) -> int:
+        """Number of rows matching an ase.db ``selection`` string (e.g. ``"iteration<=2"``) and the
+        key-value ``query`` (e.g. ``status="done"``)."""
+        return self._db.count(selection, **query)
+
+    def rows(self, **query: Any) -> list[tuple[int, Atoms, dict[str, Any]]]:
+        """(row id, structure, key-value pairs) of every row matching ``query``, in id order."""
+        rows = self._db.select(sort="id", **query)
+        return [(row.id, self._atoms(row), dict(row.key_value_pairs)) for row in rows]
+
+    def annotate(self, values: dict[int, dict[str, str | int | float | bool]]) -> None:
+        """Set key-value pairs on rows, ``{row id: {key: value}}``, in one transaction."""
+        with self._db:
+            for row_id, kvp in values.items():
+                if set(kvp) & _RESERVED:
+                    raise ConfigError(f"keys {sorted(set(kvp) & _RESERVED)} are managed by the store")
+                self._db.update(row_id, **kvp)
+
+    def promote(self, row_ids: Iterable[int]) -> None:
+        """Turn ``candidate`` rows into ``pending`` ones (to be labelled), in one transaction."""
+        with self._db:
+            for row_id in row_ids:
+                if self._db.get(id=row_id).get("status") != CANDIDATE:
+                    raise ConfigError(f"row {row_id} is not a {CANDIDATE!r}; only candidates are promoted")
+                self._db.update(row_id, status="pending")
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Free-form JSON-able workflow state kept in the database (e.g. the active-learning loop)."""
+        return self._db.metadata
+
+    @metadata.setter
+    def metadata(self, value: dict[str, Any]) -> None:
+        self._db.metadata = value  # one committed SQL statement
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,6 +285,11 @@ def _start_method() -> multiprocessing.context.BaseContext:
     return context
 
 
+def process_pool(workers: int) -> cf.ProcessPoolExecutor:
+    """A local pool of ``workers`` processes started with forkserver (or spawn); see :func:`_start_method`."""
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=_start_method())
+
+
 def label_pending(
     store: Store, labeller: Labeller, executor: Any = None, workers: int = 1, progress: bool = True
 ) -> dict[str, int]:
@@ -260,7 +316,7 @@ def label_pending(
         if executor is not None:
             _drain(store, labeller, executor, todo, bar)
         else:
-            pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=_start_method())
+            pool = process_pool(workers)
             try:
                 _drain(store, labeller, pool, todo, bar)
             finally:

@@ -230,3 +230,17 @@ def test_softening_slope():
         softening_slope(ref[0], ref[1])
     with pytest.raises(PimlipError, match="zero"):
         softening_slope(np.zeros((2, 3)), np.zeros((2, 3)))
+
+
+def test_max_bond_deviation_watches_the_reference_bonds():
+    from ase.build import molecule
+
+    from pimlip_ase.workflow.stability import max_bond_deviation
+
+    water = molecule("H2O")
+    stretched = water.copy()
+    stretched.positions[1] += 0.7 * (water.positions[1] - water.positions[0]) / water.get_distance(0, 1)
+    assert max_bond_deviation(water, water) == 0.0
+    assert max_bond_deviation(stretched, water) == pytest.approx(0.7)
+    with pytest.raises(ConfigError, match="same atoms"):
+        max_bond_deviation(water[:2], water)

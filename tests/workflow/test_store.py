@@ -217,3 +217,26 @@ def test_pyscf_labels_and_failures_through_the_store(tmp_path):
     assert set(components) == {"hf/sto-3g", "mp2/sto-3g"}
     assert atoms.info[ENERGY] == pytest.approx(components["mp2/sto-3g"]["total"] * units.Hartree, abs=1e-9)
     assert atoms.arrays[FORCES].shape == (3, 3)
+
+
+def test_candidates_wait_for_promotion_and_carry_tags_and_notes(tmp_path):
+    store = Store(tmp_path / "s.db")
+    test_ids = store.add(_cells(2), tags={"role": "test"})
+    cand = store.add(_cells(3, seed=1), status="candidate", iteration=1, tags={"role": "train"})
+    assert store.counts() == {"pending": 2, "done": 0, "failed": 0} and store.count(status="candidate") == 3
+    store.annotate({cand[0]: {"force_std": 0.3, "selected": True}, cand[1]: {"force_std": 0.01}})
+    store.promote([cand[0]])
+    with ThreadPoolExecutor(1) as pool:
+        label_pending(store, ASELabeller("emt"), executor=pool, progress=False)
+    assert [a.info[STRUCTURE_ID] for a in store.labelled_atoms(role="train")] == [cand[0]]
+    assert [a.info[STRUCTURE_ID] for a in store.labelled_atoms(role="test")] == test_ids
+    [(row, _, kvp)] = store.rows(iteration=1, force_std=0.01)
+    assert row == cand[1] and kvp["status"] == "candidate" and kvp["role"] == "train"
+    with pytest.raises(ConfigError, match="only candidates are promoted"):
+        store.promote([cand[0]])
+    with pytest.raises(ConfigError, match=r"\['status'\] are managed by the store"):
+        store.add(_cells(1), tags={"status": "done"})
+    with pytest.raises(ConfigError, match="'pending' or 'candidate'"):
+        store.add(_cells(1), status="done")
+    store.metadata = {"loop": {"iteration": 2}}
+    assert Store(tmp_path / "s.db").metadata == {"loop": {"iteration": 2}}
