@@ -94,11 +94,14 @@ class Split:
     test: dict[str, list[Atoms]]
 
     def train(self, level: str, n: int) -> list[Atoms]:
+        """The first ``n`` pool structures at ``level`` (nested: N = 25 is part of N = 100)."""
         return self.pool[level][:n]
 
 
 def load_split(settings: Settings) -> Split:
-    """Trajectory split of the shipped water sets (order shuffled with a fixed seed within each)."""
+    """Trajectory split of the shipped water sets: the md_seed 0 frames shuffled with a fixed seed
+    (the first ``n_valid`` validate, the rest is the training pool); test = the md_seed 1 frames
+    (or ``n_test`` of them drawn at random)."""
     sets = {level: load_dataset(f"water_{level}") for level in ("cbs", "mp2", "xtb")}
     frames = [a.info["frame"] for a in sets["cbs"]]
     assert all([a.info["frame"] for a in s] == frames for s in sets.values())
@@ -325,8 +328,10 @@ def report(rows: list[dict[str, Any]], settings: Settings, command: str, wall_s:
              f"are reused). Machine: {machine()}.", "",
              "Data: shipped water sets (GFN2-xTB MD at 600/1000/1500 K); training pool and validation from "
              "the md_seed 0 trajectories, test = the md_seed 1 trajectories "
-             f"({len({(r['seed']) for r in rows})} seed(s): {', '.join(map(str, settings.seeds))}; "
-             "mean ± std over seeds). Energies per molecule (3 atoms).", "",
+             f"(training seeds {', '.join(map(str, settings.seeds))} — initialisation and batch order; the "
+             "split is fixed — mean ± std over seeds). Energies per molecule (3 atoms). The validation "
+             "frames come from the training trajectories, as a user's would, so validation errors are "
+             "optimistic next to test errors.", "",
              f"Settings: model {settings.model}; optim {settings.optim} "
              f"(fine-tuning lr {settings.finetune_lr}); "
              f"validation set {settings.n_valid} energies (energy-only: energies only); pretraining on xTB "
@@ -354,10 +359,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                                                     ("mp2", "forces_mae", "meV/Å")), strict=True):
             x = np.arange(len(ROUTES))
             for shift, on in ((-0.2, False), (0.2, True)):
-                vals = [1e3 * statistics.mean([r[key] for r in chosen if r["n"] == n and r["target"] == target
-                                               and r["route"] == route and (r["piwsl"] != "off") == on])
+                vals = [1e3 * np.array([r[key] for r in chosen if r["n"] == n and r["target"] == target
+                                        and r["route"] == route and (r["piwsl"] != "off") == on])
                         for route in ROUTES]
-                ax.bar(x + shift, vals, 0.4, label="PIWSL on" if on else "PIWSL off")
+                spread = [v.std(ddof=1) if len(v) > 1 else 0.0 for v in vals]
+                ax.bar(x + shift, [v.mean() for v in vals], 0.4, yerr=spread, capsize=3,
+                       label="PIWSL on" if on else "PIWSL off")
             for route, style in REFERENCE_STYLES.items():
                 ref = [r[key] for r in rows if r["n"] == n and r["target"] == target and r["route"] == route
                        and key in r]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,10 @@ SCRIPT = Path(__file__).parents[1] / "benchmarks" / "cbs_routes.py"
 
 @pytest.mark.slow
 @pytest.mark.xtb
-def test_quick_mode_reports_every_route(tmp_path):
+def test_quick_mode_reports_every_route(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("cbs_routes", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cbs_routes", module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
     text = module.main(["--quick", "--results", str(tmp_path), "--workdir", str(tmp_path / "runs")])
     for route in (*module.ROUTES, "ceiling: MP2 energies + forces", "xTB alone (+ mean offset)"):
