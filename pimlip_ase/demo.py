@@ -28,12 +28,12 @@ RECIPE = Path(__file__).resolve().parent.parent / "workflows" / "cu_emt_active_l
 
 #: A small budget: 16 + 3 × 8 labels, short trainings, 2 ps of NVT, no random baseline.
 DEMO_OVERRIDES = {
-    "training": {"model": {"n_features": 16}, "optim": {"max_epochs": 40, "patience": 10}},
+    "training": {"optim": {"max_epochs": 40, "patience": 10}},
     "active_learning": {
         "label_budget": 40, "max_iterations": 3, "warm_start_epochs": 15, "compare_random": False,
         "candidates": [{"type": "md", "temperature_K": [300, 900], "n_snapshots": 8, "interval": 10,
                         "timestep_fs": 2.0},
-                       {"type": "rattle", "n": 8, "sigma": 0.1}],
+                       {"type": "strain", "n": 8, "max_strain": 0.03, "rattle_sigma": 0.05}],
     },
     "checks": {"nvt": {"duration_ps": 2.0}, "nve": {"duration_ps": 0.5}},
 }  # fmt: skip

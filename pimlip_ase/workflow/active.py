@@ -295,6 +295,8 @@ class ActiveLearning:
                 chosen = self._select(k)
                 reason = self._converged(k)
             if reason is not None:
+                if self._meta()["records"][k].get("n_selected"):  # chosen, but the loop stops: none labelled
+                    self._update_record(k, n_selected=0)
                 self._save(stopped=reason, state={"iteration": k, "step": "stopped"})
                 log.info("stopped after iteration %d: %s", k, reason)
                 return self._result(k)
