@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
@@ -147,6 +148,10 @@ def run_demo(output: str | Path = "demo_output", quick: bool = False) -> dict:
         )
     output = Path(output)
     t_start = time.perf_counter()
+    # The demo's models are tiny: a force call costs ~10 ms of per-call overhead, which extra
+    # intra-op threads do not shorten but, on a busy machine, can stretch tenfold while the
+    # committee trains in worker processes; parallelism comes from those processes instead.
+    torch.set_num_threads(1)
     recipe = load_recipe(RECIPE, overrides=QUICK_OVERRIDES if quick else DEMO_OVERRIDES)
     run_dir = output / "cu_emt_active_learning"
     shutil.rmtree(run_dir, ignore_errors=True)
