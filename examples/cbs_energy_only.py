@@ -70,7 +70,7 @@ def main() -> None:
     result = train({
         "model": {"name": "painn", "cutoff": 4.0, "n_features": 32, "n_interactions": 2},
         "data": {"train": labelled, "valid": 0.25},
-        "loss": {"energy": 1.0, "pitc": 0.1, "pisc": 0.01, "k": 0.5, "epsilon": 0.05},
+        "loss": {"energy": 1.0, "pitc": 1.0, "pisc": 0.1, "k": 0.5, "epsilon": 0.05},
         "optim": {"lr": 3e-3, "batch_size": 4, "max_epochs": args.epochs, "patience": 30},
         "seed": 0,
         "output": str(args.workdir / "train"),
