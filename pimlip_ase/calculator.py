@@ -39,8 +39,14 @@ class PIMLIPCalculator(Calculator):
 
     implemented_properties = ("energy", "free_energy", "forces", "stress", "energies")
 
-    def __init__(self, model: ModelSpec | Sequence[ModelSpec], device: str | torch.device = "cpu",
-                 dtype: torch.dtype | str | None = None, skin: float = 0.5, **kwargs) -> None:
+    def __init__(
+        self,
+        model: ModelSpec | Sequence[ModelSpec],
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        skin: float = 0.5,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
         specs = list(model) if isinstance(model, (list, tuple)) else [model]
         if not specs:
@@ -55,8 +61,11 @@ class PIMLIPCalculator(Calculator):
             raise ValueError(f"committee members have different species: {sorted(species)}")
         self.neighbors = CachedNeighborList(max(m.cutoff for m in self.models), skin)
         if any(not m.conservative for m in self.models):
-            warnings.warn("this model predicts forces directly (forces='direct'): they are not the "
-                          "gradient of the energy, so total energy drifts in NVE MD", stacklevel=2)
+            warnings.warn(
+                "this model predicts forces directly (forces='direct'): they are not the "
+                "gradient of the energy, so total energy drifts in NVE MD",
+                stacklevel=2,
+            )
 
     def _load(self, spec: ModelSpec, dtype: torch.dtype | None) -> PotentialModel:
         model = spec if isinstance(spec, PotentialModel) else load_model(spec)
@@ -83,8 +92,10 @@ class PIMLIPCalculator(Calculator):
             batch=torch.zeros(n, dtype=torch.long, device=dev),
             edge_index=torch.as_tensor(edge_index, device=dev),
             shifts=torch.as_tensor(shifts, dtype=dt, device=dev),
-            energy=empty_b, energy_mask=torch.zeros(1, dtype=torch.bool, device=dev),
-            forces=torch.zeros((n, 3), dtype=dt, device=dev), forces_mask=empty_n,
+            energy=empty_b,
+            energy_mask=torch.zeros(1, dtype=torch.bool, device=dev),
+            forces=torch.zeros((n, 3), dtype=dt, device=dev),
+            forces_mask=empty_n,
             stress=torch.zeros((1, 3, 3), dtype=dt, device=dev),
             stress_mask=torch.zeros(1, dtype=torch.bool, device=dev),
         )
@@ -94,7 +105,8 @@ class PIMLIPCalculator(Calculator):
         periodic = bool(np.all(self.atoms.pbc))
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError(
-                f"stress needs a cell periodic in all three directions; this structure has pbc={self.atoms.pbc}"
+                "stress needs a cell periodic in all three directions; this structure has "
+                f"pbc={self.atoms.pbc}"
             )
         graph = self._graph(self.atoms)
         outs = [m(graph, forces=True, stress=periodic) for m in self.models]

@@ -50,8 +50,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = error_metrics(model, build_graphs(structures, model.cutoff, keys), args.batch_size)
     metrics = {k: v for k, v in metrics.items() if not k.startswith("mse_")}
     if args.json:
-        print(json.dumps({"model": str(args.model), "data": str(args.data), "n_structures": len(structures),
-                          "units": "eV, eV/atom, eV/Å, eV/Å³", **metrics}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "model": str(args.model),
+                    "data": str(args.data),
+                    "n_structures": len(structures),
+                    "units": "eV, eV/atom, eV/Å, eV/Å³",
+                    **metrics,
+                },
+                indent=2,
+            )
+        )
     else:
         print(_format_metrics(f"{args.model} on {args.data} ({len(structures)} structures)", metrics))
     return 0
@@ -101,19 +111,27 @@ def _cmd_md(args: argparse.Namespace) -> int:
     from .workflow.checks import NVECheck, NVTCheck, check_nve, check_nvt
     from .workflow.report import plot_md
 
-    common = {"temperature_K": args.temperature, "duration_ps": args.duration, "timestep_fs": args.timestep,
-              "seed": args.seed}
+    common = {
+        "temperature_K": args.temperature,
+        "duration_ps": args.duration,
+        "timestep_fs": args.timestep,
+        "seed": args.seed,
+    }
     if args.ensemble == "nvt":
-        cfg = NVTCheck(**common, friction=args.friction, max_bond_deviation=args.max_bond_deviation)
+        cfg = NVTCheck(
+            **common,
+            friction=args.friction,
+            max_bond_deviation=args.max_bond_deviation,
+            bond_average_fs=args.bond_average_fs,
+        )
         outcome, arrays = check_nvt(cfg, _structure(args.structure), _committee(args))
     else:
-        outcome, arrays = check_nve(NVECheck(**common, max_drift_meV_atom_ps=args.max_drift),
-                                    _structure(args.structure), _committee(args))
-    print(f"{args.ensemble.upper()} {'pass' if outcome.passed else 'FAIL'}: {outcome.summary}")
-    if args.plot:
-        plot_md(arrays, Path(args.plot).parent, Path(args.plot).name)
-        print(f"plot written to {args.plot}")
-    return 0 if outcome.passed else 1
+        outcome, arrays = check_nve(
+            NVECheck(**common, max_drift_meV_atom_ps=args.max_drift),
+            _structure(args.structure),
+            _committee(args),
+        )
+    return _finish(args.ensemble.upper(), outcome, arrays, plot_md, args.plot)
 
 
 def _cmd_phonons(args: argparse.Namespace) -> int:
@@ -121,14 +139,23 @@ def _cmd_phonons(args: argparse.Namespace) -> int:
     from .workflow.reference import reference_calculator
     from .workflow.report import plot_phonons
 
-    cfg = PhononCheck(supercell=args.supercell, mesh=args.mesh, reference=args.reference is not None,
-                      max_mae_THz=args.max_mae)
+    cfg = PhononCheck(
+        supercell=args.supercell,
+        mesh=args.mesh,
+        reference=args.reference is not None,
+        max_mae_THz=args.max_mae,
+    )
     ref = reference_calculator(args.reference) if args.reference else None
     outcome, arrays = check_phonons(cfg, _structure(args.structure), _committee(args), ref)
-    print(f"phonons {'pass' if outcome.passed else 'FAIL'}: {outcome.summary}")
-    if args.plot:
-        plot_phonons(arrays, Path(args.plot).parent, Path(args.plot).name)
-        print(f"band structure written to {args.plot}")
+    return _finish("phonons", outcome, arrays, plot_phonons, args.plot)
+
+
+def _finish(what: str, outcome, arrays: dict, plotter, plot: str | None) -> int:
+    """Print a check's verdict, write its plot when asked; exit code 0 on pass, 1 on fail."""
+    print(f"{what} {'pass' if outcome.passed else 'FAIL'}: {outcome.summary}")
+    if plot:
+        plotter(arrays, Path(plot).parent, Path(plot).name)
+        print(f"plot written to {plot}")
     return 0 if outcome.passed else 1
 
 
@@ -155,8 +182,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, nargs="+", help="model file(s); several make a committee")
-    p.add_argument("--structure", required=True,
-                   help="structure file (ASE-readable) or an inline spec like '{bulk: Cu, cubic: true}'")
+    p.add_argument(
+        "--structure",
+        required=True,
+        help="structure file (ASE-readable) or an inline spec like '{bulk: Cu, cubic: true}'",
+    )
     p.add_argument("--device", default="cpu")
 
 
@@ -195,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=1.0, help="ps")
     p.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs (nvt)")
     p.add_argument("--max-bond-deviation", type=float, default=0.5, help="Å (nvt)")
+    p.add_argument(
+        "--bond-average-fs",
+        type=float,
+        default=0.0,
+        help="fs (nvt): apply the bond criterion to positions averaged over this window (crystals)",
+    )
     p.add_argument("--max-drift", type=float, default=1.0, help="meV/atom/ps (nve)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--plot", default=None, help="write the energy/temperature traces to this PNG")

@@ -80,7 +80,7 @@ class Graph:
         counts = self.n_atoms.tolist()
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
         edges, shifts = [], []
-        for s, (start, n) in enumerate(zip(starts, counts)):
+        for s, (start, n) in enumerate(zip(starts, counts, strict=True)):
             e, sh = neighbor_list(
                 pos_np[start : start + n], self.cell[s].cpu().numpy(), self.pbc[s].cpu().numpy(), cutoff
             )
@@ -102,9 +102,11 @@ def collate(graphs: Sequence[Graph]) -> Graph:
     cat = {}
     for f in dataclasses.fields(Graph):
         if f.name == "edge_index":
-            cat[f.name] = torch.cat([g.edge_index + int(o) for g, o in zip(graphs, atom_offsets)], dim=1)
+            cat[f.name] = torch.cat(
+                [g.edge_index + int(o) for g, o in zip(graphs, atom_offsets, strict=True)], dim=1
+            )
         elif f.name == "batch":
-            cat[f.name] = torch.cat([g.batch + int(o) for g, o in zip(graphs, struct_offsets)])
+            cat[f.name] = torch.cat([g.batch + int(o) for g, o in zip(graphs, struct_offsets, strict=True)])
         else:
             cat[f.name] = torch.cat([getattr(g, f.name) for g in graphs])
     return Graph(**cat)
@@ -169,8 +171,9 @@ def atoms_to_graph(
         energy_mask=torch.tensor([has_e]),
         forces=torch.tensor(np.asarray(forces) * unit if has_f else np.zeros((n, 3)), dtype=f64),
         forces_mask=torch.full((n,), has_f),
-        stress=torch.tensor(_voigt_to_matrix(stress, name) * unit if has_s else np.zeros((3, 3)), dtype=f64)
-        .unsqueeze(0),
+        stress=torch.tensor(
+            _voigt_to_matrix(stress, name) * unit if has_s else np.zeros((3, 3)), dtype=f64
+        ).unsqueeze(0),
         stress_mask=torch.tensor([has_s and bool(pbc.all())]),
     )
 
@@ -213,7 +216,9 @@ def build_graphs(
     return [atoms_to_graph(a, cutoff, label_keys, name=f"structure {i}") for i, a in enumerate(structures)]
 
 
-def require_labels(graphs: Sequence[Graph], energy: bool, forces: bool, stress: bool, keys_: LabelKeys) -> None:
+def require_labels(
+    graphs: Sequence[Graph], energy: bool, forces: bool, stress: bool, keys_: LabelKeys
+) -> None:
     """Raise MissingLabelError when a loss term has a weight but no structure carries its label."""
     for wanted, mask_name, key in (
         (energy, "energy_mask", keys_.energy),
@@ -276,7 +281,7 @@ def fit_scale_shift(graphs: Sequence[Graph], species: Sequence[str], e0: np.ndar
     the standard deviation of the residual total energies divided by √(mean atom count) — the
     fluctuation of one atom's energy if atoms fluctuated independently.
     """
-    z_to_e0 = {chemical_symbols.index(s): e for s, e in zip(species, e0)}
+    z_to_e0 = {chemical_symbols.index(s): e for s, e in zip(species, e0, strict=True)}
     residuals, counts, forces = [], [], []
     for g in graphs:
         for s in range(g.n_structures):

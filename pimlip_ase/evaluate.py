@@ -22,8 +22,13 @@ METRICS = {
 }
 
 
-def predict(model: PotentialModel, graphs: Sequence[Graph], batch_size: int = 16,
-            forces: bool = True, stress: bool = False) -> list[dict[str, torch.Tensor]]:
+def predict(
+    model: PotentialModel,
+    graphs: Sequence[Graph],
+    batch_size: int = 16,
+    forces: bool = True,
+    stress: bool = False,
+) -> list[dict[str, torch.Tensor]]:
     """Model outputs for each batch of ``graphs`` (detached, in input order)."""
     outs = []
     for batch in iterate_batches(graphs, batch_size, shuffle=False):
@@ -32,8 +37,7 @@ def predict(model: PotentialModel, graphs: Sequence[Graph], batch_size: int = 16
     return outs
 
 
-def error_metrics(model: PotentialModel, graphs: Sequence[Graph], batch_size: int = 16
-                  ) -> dict[str, float]:
+def error_metrics(model: PotentialModel, graphs: Sequence[Graph], batch_size: int = 16) -> dict[str, float]:
     """MAE and RMSE of energy (per structure and per atom), forces (per component) and stress.
 
     Only labelled entries count; a metric with no labelled entry is NaN. Also returns ``n_energy``,
@@ -49,12 +53,20 @@ def error_metrics(model: PotentialModel, graphs: Sequence[Graph], batch_size: in
         e_err.append(diff)
         e_atom_err.append(diff / batch.n_atoms[batch.energy_mask].to(diff.dtype))
         if want_forces:
-            f_err.append((out["forces"].detach() - batch.forces.to(diff.dtype))[batch.forces_mask].reshape(-1))
+            f_err.append(
+                (out["forces"].detach() - batch.forces.to(diff.dtype))[batch.forces_mask].reshape(-1)
+            )
         if want_stress:
-            s_err.append((out["stress"].detach() - batch.stress.to(diff.dtype))[batch.stress_mask].reshape(-1))
+            s_err.append(
+                (out["stress"].detach() - batch.stress.to(diff.dtype))[batch.stress_mask].reshape(-1)
+            )
     result: dict[str, float] = {}
-    for name, errs, count_div in (("energy", e_err, 1), ("energy_per_atom", e_atom_err, 1),
-                                  ("forces", f_err, 3), ("stress", s_err, 9)):
+    for name, errs, count_div in (
+        ("energy", e_err, 1),
+        ("energy_per_atom", e_atom_err, 1),
+        ("forces", f_err, 3),
+        ("stress", s_err, 9),
+    ):
         err = torch.cat(errs) if errs else torch.zeros(0, dtype=torch.float64)
         nan = float("nan")
         result[f"{name}_mae"] = float(err.abs().mean()) if err.numel() else nan

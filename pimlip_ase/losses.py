@@ -17,6 +17,7 @@ in place of E(A), F(A).
 from __future__ import annotations
 
 import dataclasses
+
 import torch
 
 from .data import Graph, collate
@@ -31,7 +32,8 @@ class LossConfig:
     epsilon: displacement amplitude, Å (``epsilon_mode="absolute"``) or a fraction of each structure's
     shortest pair distance (``"relative"``). k ∈ [0, ½]: weight of the end-point force in the Taylor
     step; the default ½ (trapezoid) because k = 0 penalises curvature and softened the forces in our
-    benchmark (benchmarks/results/cbs_routes.md), while k = ½ lowered force errors. pitc_anchor: "model" (E(A), F(A) predicted) or "label" (reference values at A).
+    benchmark (benchmarks/results/cbs_routes.md), while k = ½ lowered force errors.
+    pitc_anchor: "model" (E(A), F(A) predicted) or "label" (reference values at A).
     """
 
     energy: float = 1.0
@@ -152,7 +154,9 @@ class LossFunction:
         graph_c = graph.with_positions(graph.positions + d1, model.cutoff)
         # Forces (and their double backward) only where a term uses them: A always, B for PISC, and C
         # only when k > 0; with k = 0 the energy at C comes from a cheaper energy-only pass.
-        with_forces = [graph] + ([graph.with_positions(graph.positions + d2, model.cutoff)] if cfg.pisc > 0 else [])
+        with_forces = [graph] + (
+            [graph.with_positions(graph.positions + d2, model.cutoff)] if cfg.pisc > 0 else []
+        )
         if cfg.k > 0:
             with_forces.append(graph_c)
         out = model(collate(with_forces), forces=True, stress=cfg.stress > 0, create_graph=True)

@@ -103,15 +103,18 @@ def read_payload(path: str | Path) -> dict[str, Any]:
     if missing:
         raise ModelFileError(f"{str(path)!r} lacks the entries {missing}")
     if payload["version"] > VERSION:
-        raise ModelFileError(f"{str(path)!r} has format version {payload['version']}; this pimlip_ase reads "
-                             f"up to {VERSION}: upgrade pimlip_ase")
+        raise ModelFileError(
+            f"{str(path)!r} has format version {payload['version']}; this pimlip_ase reads "
+            f"up to {VERSION}: upgrade pimlip_ase"
+        )
     if _checksum(payload) != payload["checksum"]:
         raise ModelFileError(f"{str(path)!r} fails its checksum: the file was modified after it was written")
     return payload
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
-               ) -> PotentialModel:
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> PotentialModel:
     """Rebuild a model from a file written by :func:`save_model` (in eval mode)."""
     payload = read_payload(path)
     arch = payload["architecture"]

@@ -73,8 +73,9 @@ class CachedNeighborList:
         self._result: tuple[np.ndarray, np.ndarray] | None = None
         self.n_builds = 0
 
-    def get(self, positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
+    def get(
+        self, positions: np.ndarray, numbers: np.ndarray, cell: np.ndarray, pbc: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(edge_index, shifts) valid for the given structure (see :func:`neighbor_list`)."""
         key = (numbers.tobytes(), np.asarray(cell).tobytes(), np.asarray(pbc, dtype=bool).tobytes())
         if self._result is not None and key == self._key and positions.shape == self._positions.shape:

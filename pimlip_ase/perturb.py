@@ -68,7 +68,5 @@ def rattle(
     gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
     batch = torch.zeros(len(atoms), dtype=torch.long)
     delta = zero_mean_displacements(batch, 1, epsilon, distribution, gen).numpy()
-    new = ase.Atoms(
-        numbers=atoms.numbers, positions=atoms.positions + delta, cell=atoms.cell, pbc=atoms.pbc
-    )
+    new = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions + delta, cell=atoms.cell, pbc=atoms.pbc)
     return new

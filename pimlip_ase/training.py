@@ -29,8 +29,18 @@ import yaml
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from .data import (Graph, LabelKeys, build_graphs, fit_reference_energies, fit_scale_shift,
-                   iterate_batches, read_structures, require_labels, species_of, split_indices)
+from .data import (
+    Graph,
+    LabelKeys,
+    build_graphs,
+    fit_reference_energies,
+    fit_scale_shift,
+    iterate_batches,
+    read_structures,
+    require_labels,
+    species_of,
+    split_indices,
+)
 from .errors import ConfigError, UnknownElementError
 from .evaluate import error_metrics
 from .losses import LossConfig, LossFunction
@@ -117,7 +127,9 @@ def _section(name: str, cls: type, values: dict[str, Any] | None) -> Any:
         values["extra"] = {**values.get("extra", {}), **extra}
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in config section {name!r}; valid keys: {sorted(fields)}")
+        raise ConfigError(
+            f"unknown key(s) {unknown} in config section {name!r}; valid keys: {sorted(fields)}"
+        )
     try:
         return cls(**values)
     except TypeError as err:
@@ -159,8 +171,11 @@ class TrainResult:
 def _dataset_hash(structures: Sequence[ase.Atoms]) -> str:
     h = hashlib.sha256()
     for a in structures:
-        h.update(a.numbers.tobytes() + np.ascontiguousarray(a.positions).tobytes()
-                 + np.ascontiguousarray(a.cell[:]).tobytes())
+        h.update(
+            a.numbers.tobytes()
+            + np.ascontiguousarray(a.positions).tobytes()
+            + np.ascontiguousarray(a.cell[:]).tobytes()
+        )
     return h.hexdigest()[:16]
 
 
@@ -183,12 +198,20 @@ def _make_model(cfg: TrainConfig, train_atoms: list[ase.Atoms], train_graphs: li
         model = load_model(cfg.init_from, device=cfg.device).train()
         missing = sorted(set(species_of(train_atoms)) - set(model.species))
         if missing:
-            raise UnknownElementError(f"training data has element(s) {missing} that init_from model "
-                                      f"{cfg.init_from!r} lacks (its species: {model.species})")
+            raise UnknownElementError(
+                f"training data has element(s) {missing} that init_from model "
+                f"{cfg.init_from!r} lacks (its species: {model.species})"
+            )
         refit_reference_energies(model, train_graphs)
         return model
-    model = build_model(cfg.model.name, species=species_of(train_atoms), cutoff=cfg.model.cutoff,
-                        forces=cfg.model.forces, dtype=cfg.model.dtype, **cfg.model.extra)
+    model = build_model(
+        cfg.model.name,
+        species=species_of(train_atoms),
+        cutoff=cfg.model.cutoff,
+        forces=cfg.model.forces,
+        dtype=cfg.model.dtype,
+        **cfg.model.extra,
+    )
     e0 = fit_reference_energies(train_graphs, model.species)
     shift, scale = fit_scale_shift(train_graphs, model.species, e0)
     model.set_reference(e0, scale, shift)
@@ -211,8 +234,11 @@ def refit_reference_energies(model: PotentialModel, graphs: Sequence[Graph]) -> 
 def _validation_loss(metrics: dict[str, float], loss: LossConfig) -> float:
     energy_mse = metrics["mse_energy_per_atom"] if loss.energy_norm == "per_atom" else metrics["mse_energy"]
     total = 0.0
-    for weight, value in ((loss.energy, energy_mse), (loss.forces, metrics["mse_forces"]),
-                          (loss.stress, metrics["mse_stress"])):
+    for weight, value in (
+        (loss.energy, energy_mse),
+        (loss.forces, metrics["mse_forces"]),
+        (loss.stress, metrics["mse_stress"]),
+    ):
         if weight > 0 and not math.isnan(value):
             total += weight * value
     return total
@@ -222,9 +248,15 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 def _checkpoint_state(model, ema, opt, sched, gen, state, cfg) -> dict[str, Any]:
-    return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(), "generator": gen.get_state(), "state": dict(state),
-            "config": cfg.to_dict()}
+    return {
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "generator": gen.get_state(),
+        "state": dict(state),
+        "config": cfg.to_dict(),
+    }
 
 
 def _restore(path: Path, model, ema, opt, sched, gen, state, cfg: TrainConfig) -> None:
@@ -272,8 +304,9 @@ def _train_epoch(model, ema, opt, loss_fn, graphs, cfg: TrainConfig, gen) -> dic
         batch = batch.to(cfg.device)
         loss, terms = loss_fn(model, batch, gen)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {float(loss)} ({terms}); lower optim.lr or "
-                                     "check the labels' units")
+            raise FloatingPointError(
+                f"training loss became {float(loss)} ({terms}); lower optim.lr or check the labels' units"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
@@ -292,8 +325,10 @@ def train(config: str | Path | dict[str, Any] | TrainConfig, resume: bool = Fals
     out = Path(cfg.output)
     ckdir = out / "checkpoints"
     if not resume and (ckdir / "last.pt").exists():
-        raise ConfigError(f"{str(out)!r} already holds a training run; pass resume=True (--resume) to "
-                          "continue it, or choose another output folder")
+        raise ConfigError(
+            f"{str(out)!r} already holds a training run; pass resume=True (--resume) to "
+            "continue it, or choose another output folder"
+        )
     ckdir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "train.log")
     handler.setFormatter(logging.Formatter(_LOG_FORMAT))
@@ -315,17 +350,26 @@ def _run(cfg: TrainConfig, out: Path, ckdir: Path, resume: bool) -> TrainResult:
     valid_g = build_graphs(valid_atoms, cutoff, keys) if valid_atoms else train_g
     require_labels(train_g, cfg.loss.energy > 0, cfg.loss.forces > 0, cfg.loss.stress > 0, keys)
     model = _make_model(cfg, train_atoms, train_g)
-    log.info("run %s: %d train / %d valid / %d test structures, model %s (%d parameters)", out,
-             len(train_atoms), len(valid_atoms), len(test_atoms), model.architecture,
-             sum(p.numel() for p in model.parameters()))
+    log.info(
+        "run %s: %d train / %d valid / %d test structures, model %s (%d parameters)",
+        out,
+        len(train_atoms),
+        len(valid_atoms),
+        len(test_atoms),
+        model.architecture,
+        sum(p.numel() for p in model.parameters()),
+    )
     if cfg.loss.piwsl and not any(bool(g.forces_mask.any()) for g in train_g):
-        log.warning("PITC/PISC on energy-only data: validation energies cannot detect a degradation of "
-                    "the forces; check forces on a labelled set before trusting them")
+        log.warning(
+            "PITC/PISC on energy-only data: validation energies cannot detect a degradation of "
+            "the forces; check forces on a labelled set before trusting them"
+        )
 
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema), use_buffers=False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=cfg.optim.lr_factor,
-                                                       patience=cfg.optim.lr_patience, min_lr=cfg.optim.min_lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=cfg.optim.lr_factor, patience=cfg.optim.lr_patience, min_lr=cfg.optim.min_lr
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0}
     if resume:
@@ -333,13 +377,27 @@ def _run(cfg: TrainConfig, out: Path, ckdir: Path, resume: bool) -> TrainResult:
         log.info("resumed from epoch %d", state["epoch"])
     loss_fn = LossFunction(cfg.loss)
     terms = ["energy"] + [t for t in ("forces", "stress", "pitc", "pisc") if getattr(cfg.loss, t) > 0]
-    columns = (["epoch", "lr", "time_s", "train_loss"] + [f"train_{t}" for t in terms]
-               + ["val_loss", "val_energy_per_atom_mae", "val_energy_per_atom_rmse", "val_forces_mae",
-                  "val_forces_rmse", "val_stress_mae"])
+    columns = (
+        ["epoch", "lr", "time_s", "train_loss"]
+        + [f"train_{t}" for t in terms]
+        + [
+            "val_loss",
+            "val_energy_per_atom_mae",
+            "val_energy_per_atom_rmse",
+            "val_forces_mae",
+            "val_forces_rmse",
+            "val_stress_mae",
+        ]
+    )
     metrics_csv = _MetricsCSV(out / "metrics.csv", columns, state["epoch"])
 
-    bar = tqdm(range(state["epoch"] + 1, cfg.optim.max_epochs + 1), desc="epochs", disable=None,
-               initial=state["epoch"], total=cfg.optim.max_epochs)
+    bar = tqdm(
+        range(state["epoch"] + 1, cfg.optim.max_epochs + 1),
+        desc="epochs",
+        disable=None,
+        initial=state["epoch"],
+        total=cfg.optim.max_epochs,
+    )
     for epoch in bar:
         if state["bad_epochs"] >= cfg.optim.patience:
             break
@@ -354,12 +412,20 @@ def _run(cfg: TrainConfig, out: Path, ckdir: Path, resume: bool) -> TrainResult:
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
-        row.update(epoch=epoch, lr=opt.param_groups[0]["lr"], time_s=round(time.perf_counter() - t0, 3),
-                   val_loss=val_loss, **{f"val_{k}": v for k, v in val.items()})
+        row.update(
+            epoch=epoch,
+            lr=opt.param_groups[0]["lr"],
+            time_s=round(time.perf_counter() - t0, 3),
+            val_loss=val_loss,
+            **{f"val_{k}": v for k, v in val.items()},
+        )
         metrics_csv.append(row)
         atomic_torch_save(_checkpoint_state(model, ema, opt, sched, gen, state, cfg), ckdir / "last.pt")
-        log.info("epoch %d %s", epoch, " ".join(f"{k}={v:.6g}" for k, v in row.items()
-                                                  if isinstance(v, float) and k != "lr"))
+        log.info(
+            "epoch %d %s",
+            epoch,
+            " ".join(f"{k}={v:.6g}" for k, v in row.items() if isinstance(v, float) and k != "lr"),
+        )
         bar.set_postfix(val_loss=f"{val_loss:.3g}", best=state["best_epoch"])
     bar.close()
     return _finish(cfg, out, ckdir, ema.module, state, valid_g, test_atoms, train_atoms)
@@ -372,11 +438,18 @@ def _finish(cfg, out, ckdir, model, state, valid_g, test_atoms, train_atoms) -> 
     valid_metrics = error_metrics(model, valid_g, cfg.optim.batch_size)
     test_metrics = None
     if test_atoms:
-        test_metrics = error_metrics(model, build_graphs(test_atoms, model.cutoff, cfg.data.label_keys),
-                                     cfg.optim.batch_size)
-    provenance = {"config": cfg.to_dict(), "dataset_hash": _dataset_hash(train_atoms),
-                  "n_train": len(train_atoms), "best_epoch": state["best_epoch"],
-                  "epochs_run": state["epoch"], "valid_metrics": valid_metrics, "test_metrics": test_metrics}
+        test_metrics = error_metrics(
+            model, build_graphs(test_atoms, model.cutoff, cfg.data.label_keys), cfg.optim.batch_size
+        )
+    provenance = {
+        "config": cfg.to_dict(),
+        "dataset_hash": _dataset_hash(train_atoms),
+        "n_train": len(train_atoms),
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "valid_metrics": valid_metrics,
+        "test_metrics": test_metrics,
+    }
     path = save_model(model, out / "model.pt", provenance)
     log.info("best epoch %d; model written to %s", state["best_epoch"], path)
     return TrainResult(path, model, state["best_epoch"], valid_metrics, test_metrics, out)

@@ -54,13 +54,15 @@ def trained_cu_model(cu_dataset, tmp_path_factory):
     from pimlip_ase import train
 
     out = tmp_path_factory.mktemp("trained_cu")
-    result = train({
-        "model": {"name": "painn", "cutoff": 4.0, "n_features": 16, "n_interactions": 2},
-        "data": {"train": cu_dataset, "valid": 0.2},
-        "loss": {"energy": 1.0, "forces": 10.0},
-        "optim": {"max_epochs": 8, "lr": 5e-3, "batch_size": 4},
-        "output": str(out / "run"),
-    })
+    result = train(
+        {
+            "model": {"name": "painn", "cutoff": 4.0, "n_features": 16, "n_interactions": 2},
+            "data": {"train": cu_dataset, "valid": 0.2},
+            "loss": {"energy": 1.0, "forces": 10.0},
+            "optim": {"max_epochs": 8, "lr": 5e-3, "batch_size": 4},
+            "output": str(out / "run"),
+        }
+    )
     return result.model_path
 
 

@@ -24,17 +24,34 @@ def test_every_command_has_help(capsys):
 def test_train_then_eval(cu_dataset, tmp_path, capsys):
     ase.io.write(tmp_path / "train.extxyz", cu_dataset[:12])
     ase.io.write(tmp_path / "test.extxyz", cu_dataset[30:36])
-    cfg = {"model": {"name": "schnet", "cutoff": 3.0, "n_features": 8, "n_interactions": 1},
-           "data": {"train": str(tmp_path / "train.extxyz"), "valid": 0.25,
-                    "test": str(tmp_path / "test.extxyz")},
-           "loss": {"energy": 1.0, "forces": 10.0, "stress": 100.0},
-           "optim": {"max_epochs": 2, "batch_size": 4}, "output": str(tmp_path / "run")}
+    cfg = {
+        "model": {"name": "schnet", "cutoff": 3.0, "n_features": 8, "n_interactions": 1},
+        "data": {
+            "train": str(tmp_path / "train.extxyz"),
+            "valid": 0.25,
+            "test": str(tmp_path / "test.extxyz"),
+        },
+        "loss": {"energy": 1.0, "forces": 10.0, "stress": 100.0},
+        "optim": {"max_epochs": 2, "batch_size": 4},
+        "output": str(tmp_path / "run"),
+    }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 0
     out = capsys.readouterr().out
     assert "test errors" in out and "forces" in out and "stress" in out
-    assert main(["eval", "--model", str(tmp_path / "run" / "model.pt"), "--data",
-                 str(tmp_path / "test.extxyz"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tmp_path / "run" / "model.pt"),
+                "--data",
+                str(tmp_path / "test.extxyz"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n_structures"] == 6 and metrics["n_forces"] == 6 * 32
     assert 0 < metrics["forces_mae"] < 5 and metrics["stress_mae"] > 0
@@ -61,13 +78,31 @@ def test_md_and_phonons_print_a_verdict(trained_cu_model, tmp_path, capsys):
     plot = ["--plot", str(tmp_path / "md.png")]
     assert main(["md", "--model", model, model, "--structure", spec, *short, *plot]) == 0
     out = capsys.readouterr().out
-    assert "NVT pass: 0.02 ps at 300 K: stable" in out and (tmp_path / "md.png").stat().st_size > 0
+    assert "NVT pass: 0.02 ps at 300 K (bonds within 0.5 Å): stable" in out and (tmp_path / "md.png").stat().st_size > 0
     nve = ["--ensemble", "nve", "--max-drift", "1e6"]
     assert main(["md", "--model", model, "--structure", spec, *nve, *short]) == 0
     assert "NVE pass: drift" in capsys.readouterr().out
-    code = main(["phonons", "--model", model, "--structure", "{bulk: Cu, crystal: fcc, a: 3.61}",
-                 "--supercell", "2", "2", "2", "--mesh", "4", "4", "4", "--reference", "emt",
-                 "--plot", str(tmp_path / "bands.png")])
+    code = main(
+        [
+            "phonons",
+            "--model",
+            model,
+            "--structure",
+            "{bulk: Cu, crystal: fcc, a: 3.61}",
+            "--supercell",
+            "2",
+            "2",
+            "2",
+            "--mesh",
+            "4",
+            "4",
+            "4",
+            "--reference",
+            "emt",
+            "--plot",
+            str(tmp_path / "bands.png"),
+        ]
+    )
     out = capsys.readouterr().out
     assert "MAE vs reference" in out and out.startswith("phonons pass" if code == 0 else "phonons FAIL")
     assert (tmp_path / "bands.png").stat().st_size > 0

@@ -9,8 +9,17 @@ import pytest
 import torch
 from ase.build import molecule
 
-from pimlip_ase.data import (LabelKeys, atoms_to_graph, build_graphs, collate, fit_reference_energies,
-                             fit_scale_shift, read_structures, require_labels, split_indices)
+from pimlip_ase.data import (
+    LabelKeys,
+    atoms_to_graph,
+    build_graphs,
+    collate,
+    fit_reference_energies,
+    fit_scale_shift,
+    read_structures,
+    require_labels,
+    split_indices,
+)
 from pimlip_ase.errors import ConfigError, MissingLabelError, PimlipError
 
 from .conftest import cu_cell

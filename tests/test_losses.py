@@ -60,10 +60,19 @@ def test_pitfall_1_and_2_sums_are_per_structure_without_padding(spd_hessian):
         e, f = harmonic(x[batch == s], h)
         ec, fc = harmonic(x[batch == s] + delta[batch == s], h)
         es.append(e), fs.append(f), ecs.append(ec), fcs.append(fc)
-    batched = taylor_residual(torch.stack(es), torch.cat(fs), torch.stack(ecs), torch.cat(fcs), delta, batch, 0.0)
+    batched = taylor_residual(
+        torch.stack(es), torch.cat(fs), torch.stack(ecs), torch.cat(fcs), delta, batch, 0.0
+    )
     for s in range(3):
-        single = taylor_residual(es[s][None], fs[s], ecs[s][None], fcs[s], delta[batch == s],
-                                 torch.zeros(sizes[s], dtype=torch.long), 0.0)
+        single = taylor_residual(
+            es[s][None],
+            fs[s],
+            ecs[s][None],
+            fcs[s],
+            delta[batch == s],
+            torch.zeros(sizes[s], dtype=torch.long),
+            0.0,
+        )
         assert float(batched[s]) == pytest.approx(float(single), rel=1e-12)
 
 
@@ -162,7 +171,8 @@ def test_label_anchored_pitc_uses_reference_energy():
     model = build_model("schnet", species=["Cu"], cutoff=4.0, n_features=8, n_interactions=1)
     plain = LossFunction(LossConfig(energy=0.0, pitc=1.0))(model, graph, torch.Generator().manual_seed(0))[1]
     anchored = LossFunction(LossConfig(energy=0.0, pitc=1.0, pitc_anchor="label"))(
-        model, graph, torch.Generator().manual_seed(0))[1]
+        model, graph, torch.Generator().manual_seed(0)
+    )[1]
     assert anchored["pitc"] > 1e3 * plain["pitc"]
 
 

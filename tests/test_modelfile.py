@@ -17,7 +17,9 @@ from .conftest import cu_cell
 @pytest.fixture()
 def model():
     torch.manual_seed(0)
-    m = build_model("painn", species=["Cu", "Ni"], cutoff=4.0, n_features=8, n_interactions=1, forces="direct")
+    m = build_model(
+        "painn", species=["Cu", "Ni"], cutoff=4.0, n_features=8, n_interactions=1, forces="direct"
+    )
     m.set_reference([-3.5, -4.0], 0.7, 0.01)
     return m
 

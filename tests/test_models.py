@@ -38,8 +38,9 @@ def vacancy_cell():
 def small_primitive():
     """Two atoms in a skewed cell far shorter than the 5 Å cutoff: many images of each atom."""
     atoms = bulk("Cu", "fcc", a=3.61) * (2, 1, 1)
-    atoms.set_cell(atoms.cell[:] @ np.array([[1.0, 0.02, 0.0], [0.0, 0.98, 0.03], [0.01, 0.0, 1.02]]),
-                   scale_atoms=True)
+    atoms.set_cell(
+        atoms.cell[:] @ np.array([[1.0, 0.02, 0.0], [0.0, 0.98, 0.03], [0.01, 0.0, 1.02]]), scale_atoms=True
+    )
     atoms.rattle(0.05, seed=4)
     return atoms, ["Cu"]
 
@@ -122,8 +123,9 @@ def test_float32_agrees_with_float64(arch):
     atoms, species = vacancy_cell()
     model64 = make_model(arch, species)
     model32 = make_model(arch, species, dtype=torch.float32)
-    model32.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v
-                             for k, v in model64.state_dict().items()})
+    model32.load_state_dict(
+        {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in model64.state_dict().items()}
+    )
     assert model32.dtype == torch.float32 and next(model32.parameters()).dtype == torch.float32
     e64, f64 = _energy(model64, atoms)
     e32, f32 = _energy(model32, atoms)

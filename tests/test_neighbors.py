@@ -13,7 +13,7 @@ from pimlip_ase.neighbors import CachedNeighborList, neighbor_list
 
 
 def _pairs(i, j, shifts):
-    return sorted(zip(i.tolist(), j.tolist(), map(tuple, np.asarray(shifts).tolist())))
+    return sorted(zip(i.tolist(), j.tolist(), map(tuple, np.asarray(shifts).tolist()), strict=True))
 
 
 def _systems():

@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from pimlip_ase import PIMLIPCalculator, load_model, train
+from pimlip_ase.data import build_graphs
 from pimlip_ase.errors import ConfigError, MissingLabelError, UnknownElementError
 from pimlip_ase.training import load_config, refit_reference_energies
-from pimlip_ase.data import build_graphs
 
 TINY_MODEL = {"name": "painn", "cutoff": 3.0, "n_features": 8, "n_interactions": 1}
 
@@ -34,9 +34,14 @@ def _energy_only(structures):
 
 
 def _config(data, output, **loss):
-    return {"model": dict(TINY_MODEL), "data": {"train": data, "valid": 0.25},
-            "loss": {"energy": 1.0, **loss}, "optim": {"max_epochs": 3, "batch_size": 4, "lr": 1e-3},
-            "output": str(output), "seed": 1}
+    return {
+        "model": dict(TINY_MODEL),
+        "data": {"train": data, "valid": 0.25},
+        "loss": {"energy": 1.0, **loss},
+        "optim": {"max_epochs": 3, "batch_size": 4, "lr": 1e-3},
+        "output": str(output),
+        "seed": 1,
+    }
 
 
 def test_config_errors_name_the_problem(tmp_path):
@@ -80,8 +85,13 @@ def test_energy_only_piwsl_run_logs_every_term_and_serves_the_model(cu_dataset, 
 
 
 def _run_cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "pimlip_ase.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pimlip_ase.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
+    )
 
 
 def test_killed_run_resumes_to_the_uninterrupted_result(cu_dataset, tmp_path):
@@ -109,7 +119,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(cu_dataset, tmp_path):
     assert resumed.wait() == 0, resumed.stdout.read()
     straight = train(configs["straight"])
 
-    a, b = load_model(straight.model_path).state_dict(), load_model(tmp_path / "killed" / "model.pt").state_dict()
+    a, b = (
+        load_model(straight.model_path).state_dict(),
+        load_model(tmp_path / "killed" / "model.pt").state_dict(),
+    )
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-9, atol=1e-11)
     with open(metrics) as fh:

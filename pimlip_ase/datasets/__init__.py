@@ -55,8 +55,10 @@ def component_info_key(method: str, basis: str, part: str) -> str:
     """
     token = method.replace("(", "_").replace(")", "")
     if token not in _METHOD_TOKENS or part not in _PARTS:
-        raise ConfigError(f"cannot name component {method}/{basis} ({part}); methods: "
-                          f"{', '.join(_METHOD_TOKENS.values())}; parts: {', '.join(_PARTS)}")
+        raise ConfigError(
+            f"cannot name component {method}/{basis} ({part}); methods: "
+            f"{', '.join(_METHOD_TOKENS.values())}; parts: {', '.join(_PARTS)}"
+        )
     return f"{COMPONENT_PREFIX}{part}_{token}_{basis}"
 
 
@@ -66,11 +68,12 @@ def cbs_components(atoms: Atoms) -> dict[str, dict[str, float]]:
     for key, value in atoms.info.items():
         if not key.startswith(COMPONENT_PREFIX):
             continue
-        part, rest = key[len(COMPONENT_PREFIX):].split("_", 1)
-        token = next((t for t in sorted(_METHOD_TOKENS, key=len, reverse=True) if rest.startswith(t + "_")),
-                     None)
+        part, rest = key[len(COMPONENT_PREFIX) :].split("_", 1)
+        token = next(
+            (t for t in sorted(_METHOD_TOKENS, key=len, reverse=True) if rest.startswith(t + "_")), None
+        )
         if part not in _PARTS or token is None:
             raise ConfigError(f"malformed CBS component key {key!r}; expected e.g. 'Eh_corr_mp2_cc-pvtz'")
-        basis = rest[len(token) + 1:]
+        basis = rest[len(token) + 1 :]
         out.setdefault(f"{_METHOD_TOKENS[token]}/{basis}", {})[part] = float(value)
     return out

@@ -64,19 +64,30 @@ def sample_geometries(n_per_trajectory: int, interval: int = 20, timestep_fs: fl
     for temperature in TEMPERATURES_K:
         for seed in SEEDS:
             calc = TBLite(method="GFN2-xTB", verbosity=0)
-            snaps = md_structures(molecule("H2O"), calc, temperature, n_per_trajectory, interval=interval,
-                                  timestep_fs=timestep_fs, friction=0.02, equilibration_steps=400,
-                                  seed=seed, progress=False)
+            snaps = md_structures(
+                molecule("H2O"),
+                calc,
+                temperature,
+                n_per_trajectory,
+                interval=interval,
+                timestep_fs=timestep_fs,
+                friction=0.02,
+                equilibration_steps=400,
+                seed=seed,
+                progress=False,
+            )
             for snap in snaps:
                 time_fs = float(json.loads(snap.info["generator_params"])["time_fs"])
-                snap.info.update(frame=len(frames), md_temperature_K=temperature, md_seed=seed,
-                                 md_time_fs=time_fs)
+                snap.info.update(
+                    frame=len(frames), md_temperature_K=temperature, md_seed=seed, md_time_fs=time_fs
+                )
                 frames.append(snap)
     return frames
 
 
-def open_stores(workdir: Path, geometries_factory: Callable[[], list[Atoms]], names: Sequence[str]
-                ) -> dict[str, Store]:
+def open_stores(
+    workdir: Path, geometries_factory: Callable[[], list[Atoms]], names: Sequence[str]
+) -> dict[str, Store]:
     """One store per method under ``workdir``; empty stores receive the geometries, sampled once
     (the seeded MD gives the same geometries on a rerun, so a store added later still aligns)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -121,23 +132,41 @@ def export(stores: dict[str, Store], outdir: Path, prefix: str = "water") -> dic
                 for part in ("scf", "corr"):
                     clean.info[component_info_key(method, basis, part)] = float(parts[part])
             out.append(clean)
-        seconds[name] = sum(float(stores[name].record(f.info["db_id"])["wall_time_s"])
-                            for f in frames.values())
+        seconds[name] = sum(
+            float(stores[name].record(f.info["db_id"])["wall_time_s"]) for f in frames.values()
+        )
         ase.io.write(outdir / f"{prefix}_{name}.extxyz", out, format="extxyz")
     return seconds
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n-per-trajectory", type=int, default=50,
-                        help="snapshots per MD trajectory (6 trajectories; default 50 -> 300 geometries)")
+    parser.add_argument(
+        "--n-per-trajectory",
+        type=int,
+        default=50,
+        help="snapshots per MD trajectory (6 trajectories; default 50 -> 300 geometries)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="labelling processes (default 1)")
-    parser.add_argument("--workdir", type=Path, default=Path("runs/water_cbs_labels"),
-                        help="folder of the resumable ase.db stores")
-    parser.add_argument("--outdir", type=Path, default=Path(__file__).parent,
-                        help="where the extxyz files go (default: this package folder)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
-                        help="label only these (the export needs all three)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("runs/water_cbs_labels"),
+        help="folder of the resumable ase.db stores",
+    )
+    parser.add_argument(
+        "--outdir",
+        type=Path,
+        default=Path(__file__).parent,
+        help="where the extxyz files go (default: this package folder)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=list(METHODS),
+        help="label only these (the export needs all three)",
+    )
     args = parser.parse_args(argv)
 
     stores = open_stores(args.workdir, lambda: sample_geometries(args.n_per_trajectory), args.methods)

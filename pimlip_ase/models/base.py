@@ -94,8 +94,12 @@ class PotentialModel(nn.Module):
         """(N,) atomic numbers -> (N,) indices into ``species``; unknown elements raise."""
         idx = self.z_to_index[numbers.clamp(0, len(chemical_symbols) - 1)]
         if (idx < 0).any() or (numbers >= len(chemical_symbols)).any():
-            bad = sorted({chemical_symbols[int(z)] if int(z) < len(chemical_symbols) else str(int(z))
-                          for z in numbers[idx < 0]})
+            bad = sorted(
+                {
+                    chemical_symbols[int(z)] if int(z) < len(chemical_symbols) else str(int(z))
+                    for z in numbers[idx < 0]
+                }
+            )
             raise UnknownElementError(
                 f"element(s) {bad} not in this model's species {self.species}; "
                 "train a model that includes them"

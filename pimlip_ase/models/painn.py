@@ -37,8 +37,9 @@ class SineRBF(nn.Module):
 class Message(nn.Module):
     def __init__(self, n_features: int, n_rbf: int) -> None:
         super().__init__()
-        self.phi = nn.Sequential(nn.Linear(n_features, n_features), nn.SiLU(),
-                                 nn.Linear(n_features, 3 * n_features))
+        self.phi = nn.Sequential(
+            nn.Linear(n_features, n_features), nn.SiLU(), nn.Linear(n_features, 3 * n_features)
+        )
         self.filter = nn.Linear(n_rbf, 3 * n_features)
 
     def forward(self, s, v, edge_index, rbf, fcut, unit):  # s (N,F) v (N,3,F) unit (E,3)
@@ -55,8 +56,9 @@ class Update(nn.Module):
         super().__init__()
         self.U = nn.Linear(n_features, n_features, bias=False)
         self.V = nn.Linear(n_features, n_features, bias=False)
-        self.mlp = nn.Sequential(nn.Linear(2 * n_features, n_features), nn.SiLU(),
-                                 nn.Linear(n_features, 3 * n_features))
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * n_features, n_features), nn.SiLU(), nn.Linear(n_features, 3 * n_features)
+        )
 
     def forward(self, s, v):
         uv, vv = self.U(v), self.V(v)  # (N, 3, F)
@@ -72,24 +74,37 @@ class PaiNN(PotentialModel):
     architecture = "painn"
     supports_direct_forces = True
 
-    def __init__(self, species, cutoff: float = 5.0, n_features: int = 128, n_interactions: int = 3,
-                 n_rbf: int = 20, forces: str = "autograd", dtype: torch.dtype | str = torch.float64) -> None:
+    def __init__(
+        self,
+        species,
+        cutoff: float = 5.0,
+        n_features: int = 128,
+        n_interactions: int = 3,
+        n_rbf: int = 20,
+        forces: str = "autograd",
+        dtype: torch.dtype | str = torch.float64,
+    ) -> None:
         super().__init__(species, cutoff, forces, dtype)
         self.n_features, self.n_interactions, self.n_rbf = n_features, n_interactions, n_rbf
         self.embedding = nn.Embedding(len(self.species), n_features)
         self.rbf = SineRBF(n_rbf, cutoff)
         self.messages = nn.ModuleList(Message(n_features, n_rbf) for _ in range(n_interactions))
         self.updates = nn.ModuleList(Update(n_features) for _ in range(n_interactions))
-        self.readout = nn.Sequential(nn.Linear(n_features, n_features // 2), nn.SiLU(),
-                                     nn.Linear(n_features // 2, 1))
+        self.readout = nn.Sequential(
+            nn.Linear(n_features, n_features // 2), nn.SiLU(), nn.Linear(n_features // 2, 1)
+        )
         if forces == "direct":
             self.force_gate = nn.Linear(n_features, n_features)
             self.force_out = nn.Linear(n_features, 1, bias=False)
         self.to(self._init_dtype)
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {**super().hyperparameters(), "n_features": self.n_features,
-                "n_interactions": self.n_interactions, "n_rbf": self.n_rbf}
+        return {
+            **super().hyperparameters(),
+            "n_features": self.n_features,
+            "n_interactions": self.n_interactions,
+            "n_rbf": self.n_rbf,
+        }
 
     def atomic_outputs(self, species, edge_index, vectors, lengths):
         s = self.embedding(species)  # (N, F)
@@ -97,7 +112,7 @@ class PaiNN(PotentialModel):
         rbf = self.rbf(lengths)  # (E, K)
         fcut = cosine_cutoff(lengths, self.cutoff)  # (E,)
         unit = vectors / lengths[:, None]  # (E, 3)
-        for message, update in zip(self.messages, self.updates):
+        for message, update in zip(self.messages, self.updates, strict=True):
             s, v = message(s, v, edge_index, rbf, fcut, unit)
             s, v = update(s, v)
         energy = self.readout(s).squeeze(-1)  # (N,)

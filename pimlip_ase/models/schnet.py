@@ -37,11 +37,13 @@ class GaussianRBF(nn.Module):
 class Interaction(nn.Module):
     def __init__(self, n_features: int, n_rbf: int) -> None:
         super().__init__()
-        self.filter = nn.Sequential(nn.Linear(n_rbf, n_features), ShiftedSoftplus(),
-                                    nn.Linear(n_features, n_features))
+        self.filter = nn.Sequential(
+            nn.Linear(n_rbf, n_features), ShiftedSoftplus(), nn.Linear(n_features, n_features)
+        )
         self.in2f = nn.Linear(n_features, n_features, bias=False)
-        self.f2out = nn.Sequential(nn.Linear(n_features, n_features), ShiftedSoftplus(),
-                                   nn.Linear(n_features, n_features))
+        self.f2out = nn.Sequential(
+            nn.Linear(n_features, n_features), ShiftedSoftplus(), nn.Linear(n_features, n_features)
+        )
 
     def forward(self, x, edge_index, rbf, fcut):  # x (N, F), rbf (E, K), fcut (E,)
         i, j = edge_index
@@ -55,20 +57,33 @@ class SchNet(PotentialModel):
 
     architecture = "schnet"
 
-    def __init__(self, species, cutoff: float = 5.0, n_features: int = 64, n_interactions: int = 3,
-                 n_rbf: int = 20, forces: str = "autograd", dtype: torch.dtype | str = torch.float64) -> None:
+    def __init__(
+        self,
+        species,
+        cutoff: float = 5.0,
+        n_features: int = 64,
+        n_interactions: int = 3,
+        n_rbf: int = 20,
+        forces: str = "autograd",
+        dtype: torch.dtype | str = torch.float64,
+    ) -> None:
         super().__init__(species, cutoff, forces, dtype)
         self.n_features, self.n_interactions, self.n_rbf = n_features, n_interactions, n_rbf
         self.embedding = nn.Embedding(len(self.species), n_features)
         self.rbf = GaussianRBF(n_rbf, cutoff)
         self.interactions = nn.ModuleList(Interaction(n_features, n_rbf) for _ in range(n_interactions))
-        self.readout = nn.Sequential(nn.Linear(n_features, n_features // 2), ShiftedSoftplus(),
-                                     nn.Linear(n_features // 2, 1))
+        self.readout = nn.Sequential(
+            nn.Linear(n_features, n_features // 2), ShiftedSoftplus(), nn.Linear(n_features // 2, 1)
+        )
         self.to(self._init_dtype)
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {**super().hyperparameters(), "n_features": self.n_features,
-                "n_interactions": self.n_interactions, "n_rbf": self.n_rbf}
+        return {
+            **super().hyperparameters(),
+            "n_features": self.n_features,
+            "n_interactions": self.n_interactions,
+            "n_rbf": self.n_rbf,
+        }
 
     def atomic_outputs(self, species, edge_index, vectors, lengths):
         x = self.embedding(species)  # (N, F)

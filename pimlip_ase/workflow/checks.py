@@ -95,6 +95,7 @@ class NVTCheck:
     timestep_fs: float = 1.0
     friction: float = 0.01  # 1/fs
     max_bond_deviation: float = 0.5  # Å
+    bond_average_fs: float = 0.0  # fs: bond criterion on positions averaged over this window
     seed: int = 0
 
 
@@ -265,16 +266,7 @@ def check_vibrations(cfg: VibrationCheck, atoms, calc, ref) -> tuple[CheckOutcom
 
 def check_nvt(cfg: NVTCheck, atoms, calc) -> tuple[CheckOutcome, dict[str, np.ndarray]]:
     """Langevin stability run (bond criterion, overlaps, temperature, NaN); traces in the arrays."""
-    res = nvt_stability(
-        atoms,
-        calc,
-        cfg.temperature_K,
-        timestep_fs=cfg.timestep_fs,
-        duration_ps=cfg.duration_ps,
-        friction=cfg.friction,
-        max_bond_deviation=cfg.max_bond_deviation,
-        seed=cfg.seed,
-    )
+    res = nvt_stability(atoms, calc, **dataclasses.asdict(cfg))
     values = {
         "stable": res.stable,
         "stable_time_ps": res.stable_time_ps,
@@ -282,20 +274,21 @@ def check_nvt(cfg: NVTCheck, atoms, calc) -> tuple[CheckOutcome, dict[str, np.nd
         "temperature_K": cfg.temperature_K,
         "reason": res.reason,
         "message": res.message,
+        "bond_average_fs": cfg.bond_average_fs,
         "mean_temperature_K": float(np.mean(res.temperature_K)) if len(res.temperature_K) else None,
         "n_atoms": len(atoms),
     }
     word = "stable" if res.stable else f"UNSTABLE ({res.reason}: {res.message})"
+    criterion = f"bonds within {cfg.max_bond_deviation} Å" + (
+        f" on {cfg.bond_average_fs:.0f} fs averages" if cfg.bond_average_fs else ""
+    )
     summary = (
-        f"{cfg.duration_ps} ps at {cfg.temperature_K:.0f} K: {word}; stable for {res.stable_time_ps:.2f} ps"
+        f"{cfg.duration_ps} ps at {cfg.temperature_K:.0f} K ({criterion}): {word}; "
+        f"stable for {res.stable_time_ps:.2f} ps"
     )
     arrays = {
-        "nvt_time": res.time_ps,
-        "nvt_epot": res.potential_energy,
-        "nvt_temperature": res.temperature_K,
+        **_md_traces("nvt", res, len(atoms), cfg.temperature_K),
         "nvt_bond_deviation": res.max_bond_deviation,
-        "nvt_n_atoms": np.array(len(atoms)),
-        "nvt_target_K": np.array(cfg.temperature_K),
     }
     if res.max_forces_std is not None:
         arrays["nvt_forces_std"] = res.max_forces_std
@@ -304,14 +297,8 @@ def check_nvt(cfg: NVTCheck, atoms, calc) -> tuple[CheckOutcome, dict[str, np.nd
 
 def check_nve(cfg: NVECheck, atoms, calc) -> tuple[CheckOutcome, dict[str, np.ndarray]]:
     """Velocity-Verlet energy drift (meV/atom/ps); traces in the arrays."""
-    res = nve_drift(
-        atoms,
-        calc,
-        cfg.temperature_K,
-        timestep_fs=cfg.timestep_fs,
-        duration_ps=cfg.duration_ps,
-        seed=cfg.seed,
-    )
+    run = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "max_drift_meV_atom_ps"}
+    res = nve_drift(atoms, calc, **run)
     passed = res.completed and abs(res.drift_meV_atom_ps) <= cfg.max_drift_meV_atom_ps
     values = {
         "drift_meV_atom_ps": res.drift_meV_atom_ps,
@@ -323,15 +310,19 @@ def check_nve(cfg: NVECheck, atoms, calc) -> tuple[CheckOutcome, dict[str, np.nd
         f"drift {res.drift_meV_atom_ps:+.3f} meV/atom/ps over {cfg.duration_ps} ps "
         f"(limit {cfg.max_drift_meV_atom_ps}){'' if res.completed else ', stopped at NaN'}"
     )
-    arrays = {
-        "nve_time": res.time_ps,
-        "nve_etot": res.total_energy,
-        "nve_epot": res.potential_energy,
-        "nve_temperature": res.temperature_K,
-        "nve_n_atoms": np.array(len(atoms)),
-        "nve_target_K": np.array(cfg.temperature_K),
-    }
+    arrays = {**_md_traces("nve", res, len(atoms), cfg.temperature_K), "nve_etot": res.total_energy}
     return CheckOutcome("nve", passed, summary, values), arrays
+
+
+def _md_traces(prefix: str, res, n_atoms: int, target_K: float) -> dict[str, np.ndarray]:
+    """The traces an NVT or NVE result shares, under ``prefix``_ names (what the report plots)."""
+    return {
+        f"{prefix}_time": res.time_ps,
+        f"{prefix}_epot": res.potential_energy,
+        f"{prefix}_temperature": res.temperature_K,
+        f"{prefix}_n_atoms": np.array(n_atoms),
+        f"{prefix}_target_K": np.array(target_K),
+    }
 
 
 def committee_predictions(

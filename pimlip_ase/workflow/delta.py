@@ -53,16 +53,21 @@ def _voigt(stress: Any) -> np.ndarray:
 
 def _check_same_structure(index: int, reference: Atoms, cheap: Atoms) -> None:
     if len(reference) != len(cheap) or not np.array_equal(reference.numbers, cheap.numbers):
-        raise ConfigError(f"structure {index}: reference {describe(reference)} and cheap "
-                          f"{describe(cheap)} have different atoms; pass the lists in the same order")
+        raise ConfigError(
+            f"structure {index}: reference {describe(reference)} and cheap "
+            f"{describe(cheap)} have different atoms; pass the lists in the same order"
+        )
     shift = float(np.abs(reference.positions - cheap.positions).max(initial=0.0))
     if shift > POSITION_TOLERANCE:
-        raise ConfigError(f"structure {index} ({describe(reference)}): positions differ from the cheap "
-                          f"twin by up to {shift:.3g} Å; Δ-labels need the same geometry")
+        raise ConfigError(
+            f"structure {index} ({describe(reference)}): positions differ from the cheap "
+            f"twin by up to {shift:.3g} Å; Δ-labels need the same geometry"
+        )
 
 
-def subtract_labels(reference: Sequence[Atoms], cheap: Sequence[Atoms], cheap_method: str = "cheap"
-                    ) -> list[Atoms]:
+def subtract_labels(
+    reference: Sequence[Atoms], cheap: Sequence[Atoms], cheap_method: str = "cheap"
+) -> list[Atoms]:
     """Δ-structures from two aligned labelled lists (same geometries, same order).
 
     Each output is a copy of the reference geometry with ``info[REF_energy]`` = E_ref − E_cheap
@@ -73,8 +78,10 @@ def subtract_labels(reference: Sequence[Atoms], cheap: Sequence[Atoms], cheap_me
     missing (its loss term is masked); a cheap structure without an energy is an error.
     """
     if len(reference) != len(cheap):
-        raise ConfigError(f"{len(reference)} reference structures but {len(cheap)} cheap ones; "
-                          "Δ-labels need one cheap twin per reference structure")
+        raise ConfigError(
+            f"{len(reference)} reference structures but {len(cheap)} cheap ones; "
+            "Δ-labels need one cheap twin per reference structure"
+        )
     out = []
     for i, (ref, low) in enumerate(zip(reference, cheap, strict=True)):
         _check_same_structure(i, ref, low)
@@ -115,8 +122,9 @@ def _label_cheap(atoms: Atoms, cheap: BaseCalculator | Labeller, want_stress: bo
     return labelled
 
 
-def delta_labels(structures: Sequence[Atoms], cheap: BaseCalculator | Labeller,
-                 cheap_method: str | None = None) -> list[Atoms]:
+def delta_labels(
+    structures: Sequence[Atoms], cheap: BaseCalculator | Labeller, cheap_method: str | None = None
+) -> list[Atoms]:
     """Δ-structures (see :func:`subtract_labels`) for labelled ``structures`` and a cheap method.
 
     ``cheap`` is an ASE calculator instance (evaluated in this process, structure by structure) or a
@@ -129,8 +137,9 @@ def delta_labels(structures: Sequence[Atoms], cheap: BaseCalculator | Labeller,
     return subtract_labels(structures, twins, name)
 
 
-def delta_calculator(cheap: BaseCalculator, correction: str | Path | Any, **calc_kwargs: Any
-                     ) -> SumCalculator:
+def delta_calculator(
+    cheap: BaseCalculator, correction: str | Path | Any, **calc_kwargs: Any
+) -> SumCalculator:
     """One ASE calculator serving cheap method + learned correction (energies, forces, stress summed).
 
     ``correction``: a model file (or model, or list of them: a committee) trained on Δ-labels;

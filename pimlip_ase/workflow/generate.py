@@ -135,7 +135,7 @@ def make_langevin(
     return Langevin(atoms, timestep_fs * units.fs, **kwargs)
 
 
-def _progress(total: int, desc: str, progress: bool | None) -> tqdm:
+def progress_bar(total: int, desc: str, progress: bool | None) -> tqdm:
     """A tqdm bar; ``progress=None`` shows it only on a terminal."""
     return tqdm(total=total, desc=desc, disable=None if progress is None else not progress, leave=False)
 
@@ -397,7 +397,7 @@ def md_structures(
     }
     out = []
     total = equilibration_steps + n_snapshots * interval
-    with _progress(total, "md sampling", progress) as bar:
+    with progress_bar(total, "md sampling", progress) as bar:
         for step in range(1, total + 1):
             try:
                 dyn.step()

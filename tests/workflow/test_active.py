@@ -161,13 +161,23 @@ def test_killed_loop_resumes_without_relabelling_or_losing_structures(tiny_run, 
 def test_loop_stops_when_nothing_improves_and_labels_nothing_more(tiny_recipe, tmp_path):
     tiny_recipe["training"]["optim"]["max_epochs"] = 1
     tiny_recipe["active_learning"].update(
-        initial=[{"type": "rattle", "n": 3, "sigma": 0.05}], test=[{"type": "rattle", "n": 2, "sigma": 0.05}],
-        candidates=[{"type": "rattle", "n": 4, "sigma": 0.1}], patience=1, min_improvement=0.999,
-        compare_random=False, label_budget=20,
+        initial=[{"type": "rattle", "n": 3, "sigma": 0.05}],
+        test=[{"type": "rattle", "n": 2, "sigma": 0.05}],
+        candidates=[{"type": "rattle", "n": 4, "sigma": 0.1}],
+        patience=1,
+        min_improvement=0.999,
+        compare_random=False,
+        label_budget=20,
     )
     recipe = load_recipe(tiny_recipe)
-    result = ActiveLearning(recipe.active_learning, recipe.training, recipe.labeller, recipe.structures,
-                            tmp_path / "run", label_workers=0).run()
+    result = ActiveLearning(
+        recipe.active_learning,
+        recipe.training,
+        recipe.labeller,
+        recipe.structures,
+        tmp_path / "run",
+        label_workers=0,
+    ).run()
     assert result.stop_reason == "error and disagreement stopped improving for 1 iterations"
     assert [r["n_train_labels"] for r in result.records] == [3, 6]
     assert result.records[-1]["n_selected"] == 0  # chosen, then the loop stopped: none labelled
