@@ -60,6 +60,7 @@ class PIMLIPCalculator(Calculator):
         if len(species) > 1:
             raise ValueError(f"committee members have different species: {sorted(species)}")
         self.neighbors = CachedNeighborList(max(m.cutoff for m in self.models), skin)
+        self._edges: tuple = (None, None, None)  # (list reused from the skin, its two tensors)
         if any(not m.conservative for m in self.models):
             warnings.warn(
                 "this model predicts forces directly (forces='direct'): they are not the "
@@ -81,8 +82,11 @@ class PIMLIPCalculator(Calculator):
             bad = np.unique(np.nonzero(~np.isfinite(positions))[0]).tolist()[:10]
             raise InvalidStructureError(f"positions of atoms {bad} are NaN or inf; refusing to evaluate")
         cell, pbc = np.asarray(atoms.cell[:]), np.asarray(atoms.pbc, dtype=bool)
-        edge_index, shifts = self.neighbors.get(positions, atoms.numbers, cell, pbc)
+        nl = self.neighbors.get(positions, atoms.numbers, cell, pbc)
         n, dev, dt = len(atoms), self.device, self.dtype
+        if self._edges[0] is not nl:  # a rebuilt list: convert once, reuse while the skin holds
+            self._edges = (nl, torch.as_tensor(nl[0], device=dev), torch.as_tensor(nl[1], dtype=dt, device=dev))
+        edge_index, shifts = self._edges[1], self._edges[2]
         empty_b, empty_n = torch.zeros(1, dtype=dt, device=dev), torch.zeros(n, dtype=torch.bool, device=dev)
         return Graph(
             positions=torch.as_tensor(positions, dtype=dt, device=dev),
@@ -90,8 +94,8 @@ class PIMLIPCalculator(Calculator):
             cell=torch.as_tensor(cell, dtype=dt, device=dev).unsqueeze(0),
             pbc=torch.as_tensor(pbc, device=dev).unsqueeze(0),
             batch=torch.zeros(n, dtype=torch.long, device=dev),
-            edge_index=torch.as_tensor(edge_index, device=dev),
-            shifts=torch.as_tensor(shifts, dtype=dt, device=dev),
+            edge_index=edge_index,
+            shifts=shifts,
             energy=empty_b,
             energy_mask=torch.zeros(1, dtype=torch.bool, device=dev),
             forces=torch.zeros((n, 3), dtype=dt, device=dev),
