@@ -29,6 +29,7 @@ CONFIGS = {
     "energy+forces": {"energy": 1.0, "forces": 10.0},
     "energy + PITC+PISC, k=0": {"energy": 1.0, "pitc": 1.0, "pisc": 0.01, "k": 0.0},
     "energy + PITC+PISC, k=½": {"energy": 1.0, "pitc": 1.0, "pisc": 0.01, "k": 0.5},
+    "energy + PITC only, k=½": {"energy": 1.0, "pitc": 1.0, "k": 0.5},
     "energy+forces + PITC+PISC, k=0": {"energy": 1.0, "forces": 10.0, "pitc": 1.0, "pisc": 0.01, "k": 0.0},
 }
 SYSTEMS = {"Cu fcc 32 (EMT-like cell)": lambda seed: cu_fcc((2, 2, 2), 0.1, seed),
