@@ -23,11 +23,14 @@ import json
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from ase.io import write
 
 sys.path.insert(0, str(Path(__file__).parent))
 import efficiency_data as edata  # noqa: E402
@@ -45,14 +48,14 @@ PRESETS = {
     "quick": {"sizes": [25], "seeds": [0], "systems": ["cu"], "epochs": 15, "n_test": 100, "tune": False,
               "models": ["painn"], "methods": ["E", "E+PIWSL k=½", "E+F"]},
     "mini": {"sizes": [25, 100], "seeds": [0], "systems": ["cu"], "epochs": 60, "n_test": 300, "tune": False,
-             "models": ["painn"],
+             "models": ["painn", "mace"],
              "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "Δ E", "finetune E"]},
     "cpu": {"sizes": [25, 100], "seeds": [0, 1], "systems": ["cu", "ethanol"], "epochs": 120, "n_test": 500,
-            "models": ["painn", "painn-direct", "schnet"],
+            "models": ["painn", "painn-direct", "schnet", "mace"],
             "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "E+F+PIWSL k=0", "Δ E", "Δ E+PIWSL k=½",
                         "finetune E", "finetune E+PIWSL k=½"]},
     "full": {"sizes": [25, 50, 100, 200, 400, 1000], "seeds": [0, 1, 2], "systems": ["cu", "ethanol", "water"],
-             "epochs": 500, "n_test": 500, "models": ["painn", "painn-direct", "schnet"],
+             "epochs": 500, "n_test": 500, "models": ["painn", "painn-direct", "schnet", "mace"],
              "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "E+F+PIWSL k=0", "E+F+PIWSL k=½", "Δ E",
                          "Δ E+PIWSL k=½", "finetune E", "finetune E+PIWSL k=½"]},
 }
@@ -60,6 +63,14 @@ PRESETS = {
 MODELS = {"painn": {"name": "painn", "n_features": 32, "n_interactions": 3},
           "painn-direct": {"name": "painn", "n_features": 32, "n_interactions": 3, "forces": "direct"},
           "schnet": {"name": "schnet", "n_features": 64, "n_interactions": 3}}
+#: The peer: MACE (mace-torch's own trainer, `python -m mace.cli.run_train`) at a size comparable
+#: to our PaiNN-32 (32 scalar channels, 2 interactions, L_max 3 edge features, correlation 3).
+MACE_ARGS = {"model": "MACE", "hidden_irreps": "32x0e", "num_interactions": "2", "max_ell": "3",
+             "correlation": "3", "MLP_irreps": "16x0e", "num_radial_basis": "8", "E0s": "average",
+             "loss": "weighted", "energy_weight": "1.0", "batch_size": "8", "valid_batch_size": "16",
+             "lr": "0.01", "ema_decay": "0.99", "default_dtype": "float64", "device": "cpu",
+             "eval_interval": "1", "valid_fraction": "0.2"}
+PEER_METHODS = ("E", "E+F")  # MACE has no PITC/PISC, Δ or fine-tuning column here
 PIWSL_GRID = [(0.02, 0.1), (0.05, 0.1), (0.05, 1.0)]  # (ε Å, w_PITC); w_PISC = w_PITC / 100
 
 
@@ -76,7 +87,7 @@ def fit(system, method, model, n, seed, epochs, eps=0.05, w=1.0, init_from=None,
     if method.startswith("Δ"):
         structures = edata.delta_labels(system, structures)
     mcfg = dict(MODELS[model])
-    tag = f"{system}-{model}-{method}-{n}-{seed}-{eps}-{w}".replace(" ", "_").replace("½", "half")
+    tag = f"{system}-{model}-{method}-{n}-{seed}-{eps}-{w}-{epochs}ep".replace(" ", "_").replace("½", "half")
     cfg = {"model": {**mcfg, "cutoff": edata.CUTOFF[system]},
            "data": {"train": structures, "valid": 0.2},
            "loss": loss_for(method, eps, w),
@@ -95,12 +106,64 @@ def fit(system, method, model, n, seed, epochs, eps=0.05, w=1.0, init_from=None,
     return res.model, time.perf_counter() - t0, res.valid_metrics
 
 
+def fit_mace(system, method, n, seed, epochs) -> tuple[dict, float, float]:
+    """Train MACE with its own CLI on the same N structures (energy-only: the forces are removed from
+    the file it reads); returns (test metrics, seconds, validation energy MAE eV/atom)."""
+    from mace.calculators import MACECalculator
+
+    tag = f"{system}-mace-{method}-{n}-{seed}-{epochs}ep"
+    out = WORK / tag
+    model_file = out / "mace.model"
+    structures = [a.copy() for a in edata.train_pool(system, n, seed)]
+    if method == "E":
+        for a in structures:
+            del a.arrays["REF_forces"]
+    t0, secs = time.perf_counter(), 0.0
+    if not model_file.exists():
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        write(out / "train.xyz", structures, format="extxyz")
+        args = {**MACE_ARGS, "name": "mace", "seed": str(seed), "train_file": str(out / "train.xyz"),
+                "r_max": str(edata.CUTOFF[system]), "energy_key": "REF_energy", "forces_key": "REF_forces",
+                "forces_weight": "10.0" if method == "E+F" else "0.0", "max_num_epochs": str(epochs),
+                "patience": str(max(10, epochs // 5)), "scheduler_patience": str(max(4, epochs // 15)),
+                "work_dir": str(out), "model_dir": str(out)}
+        cmd = [sys.executable, "-m", "mace.cli.run_train", "--ema"] + [f"--{k}={v}" for k, v in args.items()]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0 or not model_file.exists():
+            raise RuntimeError(f"MACE training failed ({tag}):\n{proc.stderr[-3000:]}")
+        secs = time.perf_counter() - t0
+    calc = MACECalculator(model_paths=str(model_file), device="cpu", default_dtype="float64")
+
+    def errors(frames):
+        e_err, f_err = [], []
+        for a in frames:
+            b = a.copy()
+            b.calc = calc
+            e_err.append((b.get_potential_energy() - a.info["REF_energy"]) / len(a))
+            if "REF_forces" in a.arrays:
+                f_err.append((b.get_forces() - a.arrays["REF_forces"]).ravel())
+        f = np.concatenate(f_err) if f_err else np.full(1, np.nan)
+        return {"energy_per_atom_mae": float(np.mean(np.abs(e_err))), "forces_mae": float(np.mean(np.abs(f))),
+                "forces_rmse": float(np.sqrt(np.mean(f**2)))}
+
+    # MACE's validation split is its own (valid_fraction 0.2 of the file); score the whole file's
+    # energies as the energy-only user would see them — for the record only, nothing is tuned on it
+    return errors(edata.test_set(system)), secs, errors(structures)["energy_per_atom_mae"]
+
+
 def run_one(system, method, model, n, seed, epochs, tune) -> dict:
+    if model == "mace":
+        metrics, secs, val = fit_mace(system, method, n, seed, epochs)
+        return {"system": system, "method": method, "model": model, "n": n, "seed": seed, "epochs": epochs, "eps": None,
+                "w": None, "train_s": secs, "test_energy_mae_meV_atom": 1e3 * metrics["energy_per_atom_mae"],
+                "test_forces_mae_meV_A": 1e3 * metrics["forces_mae"],
+                "test_forces_rmse_meV_A": 1e3 * metrics["forces_rmse"], "valid_energy_mae_meV_atom": 1e3 * val}
     init_from = None
     if method.startswith("finetune"):
         pre, _, _ = fit(system, "E+F", model, edata.N_PRETRAIN, seed, epochs,
                         train_set=edata.cheap_pool(system, seed))
-        init_from = str(WORK / f"{system}-{model}-E+F-{edata.N_PRETRAIN}-{seed}-0.05-1.0" / "model.pt")
+        init_from = str(WORK / f"{system}-{model}-E+F-{edata.N_PRETRAIN}-{seed}-0.05-1.0-{epochs}ep" / "model.pt")
     grid = PIWSL_GRID if ("PIWSL" in method and tune and "E+F" not in method) else [(0.05, 1.0)]
     best = None
     for eps, w in grid:  # energy-only: choose by validation energy alone
@@ -112,7 +175,7 @@ def run_one(system, method, model, n, seed, epochs, tune) -> dict:
     if method.startswith("Δ"):  # error of cheap + Δ_model against REF = error of Δ_model against REF − cheap
         test = edata.delta_labels(system, test)
     metrics = error_metrics(m, build_graphs(test, m.cutoff))
-    return {"system": system, "method": method, "model": model, "n": n, "seed": seed, "eps": eps, "w": w,
+    return {"system": system, "method": method, "model": model, "n": n, "seed": seed, "epochs": epochs, "eps": eps, "w": w,
             "train_s": secs, "test_energy_mae_meV_atom": 1e3 * metrics["energy_per_atom_mae"],
             "test_forces_mae_meV_A": 1e3 * metrics["forces_mae"],
             "test_forces_rmse_meV_A": 1e3 * metrics["forces_rmse"],
@@ -128,7 +191,8 @@ def load_runs() -> list[dict]:
 def table(runs: list[dict], preset: str, threads: int) -> str:
     lines = ["# Data efficiency: test errors vs training-set size", "",
              f"Preset `{preset}`; machine {platform.machine()}, torch {torch.__version__}, {threads} threads, "
-             f"CPU. Models: {MODELS}. AdamW lr 2e-3, batch 8, EMA 0.99, ReduceLROnPlateau, early stopping on "
+             f"CPU. Models: {MODELS}; MACE (`mace` rows, mace-torch's trainer, energy-only and energy+force "
+             f"only): {MACE_ARGS}, the same epoch cap and early-stopping patience. AdamW lr 2e-3, batch 8, EMA 0.99, ReduceLROnPlateau, early stopping on "
              "validation loss (20 % of N held out for validation), the same epoch cap for every column. "
              "Energy-only PIWSL runs pick (ε, w_PITC) from "
              f"{PIWSL_GRID} by validation energy only (w_PISC = w_PITC/100). Test sets: "
@@ -186,7 +250,7 @@ def main() -> None:
     edata.N_TEST = p["n_test"]
     edata.N_PRETRAIN = min(edata.N_PRETRAIN, 2 * max(p["sizes"]))
     edata.POOL = edata.N_TEST + edata.N_PRETRAIN + int(1.25 * max(p["sizes"])) + 10
-    done = {(r["system"], r["method"], r["model"], r["n"], r["seed"]) for r in load_runs()}
+    done = {(r["system"], r["method"], r["model"], r["n"], r["seed"], r.get("epochs")) for r in load_runs()}
     for system in p["systems"]:
         if not edata.available(system):
             print(f"skipping {system}: {edata.available.reason}")
@@ -195,14 +259,17 @@ def main() -> None:
             for seed in p["seeds"]:
                 for model in p["models"]:
                     for method in p["methods"]:
-                        if (system, method, model, n, seed) in done:
+                        if (system, method, model, n, seed, p["epochs"]) in done:
+                            continue
+                        if model == "mace" and method not in PEER_METHODS:
                             continue
                         tune = p.get("tune", True) and not args.no_tune
                         row = run_one(system, method, model, n, seed, p["epochs"], tune)
                         with RUNS.open("a") as fh:
                             fh.write(json.dumps(row) + "\n")
                         print(json.dumps(row), flush=True)
-    runs = [r for r in load_runs() if r["system"] in p["systems"] and r["n"] in p["sizes"]]
+    runs = [r for r in load_runs()
+            if r["system"] in p["systems"] and r["n"] in p["sizes"] and r.get("epochs") == p["epochs"]]
     md = table(runs, args.preset, args.threads)
     (RESULTS / "data_efficiency.md").write_text(md)
     plot(runs, RESULTS / "data_efficiency.png")
