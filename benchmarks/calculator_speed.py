@@ -29,8 +29,16 @@ from systems import SPEED_SYSTEMS  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PARTIAL = RESULTS / "work" / "calculator_speed_partial.json"
-MACE_SETTINGS = dict(hidden_irreps="128x0e", r_max=5.0, num_bessel=8, num_polynomial_cutoff=5, max_ell=3,
-                     num_interactions=2, correlation=3, MLP_irreps="16x0e")
+MACE_SETTINGS = dict(
+    hidden_irreps="128x0e",
+    r_max=5.0,
+    num_bessel=8,
+    num_polynomial_cutoff=5,
+    max_ell=3,
+    num_interactions=2,
+    correlation=3,
+    MLP_irreps="16x0e",
+)
 
 
 def _move(atoms, rng) -> None:
@@ -90,29 +98,41 @@ def mace(atoms, dtype: torch.dtype, repeats: int, warmup: int = 2) -> dict[str, 
     """MACE "small" built from scratch (no download), through mace's own ASE calculator."""
     import tempfile
 
+    from e3nn import o3
     from mace import modules
     from mace.calculators import MACECalculator
-    from e3nn import o3
 
     zs = sorted(set(atoms.numbers.tolist()))
     torch.set_default_dtype(dtype)  # MACE builds its modules in the global default dtype
     torch.manual_seed(0)
     s = MACE_SETTINGS
     model = modules.ScaleShiftMACE(
-        r_max=s["r_max"], num_bessel=s["num_bessel"], num_polynomial_cutoff=s["num_polynomial_cutoff"],
-        max_ell=s["max_ell"], interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
+        r_max=s["r_max"],
+        num_bessel=s["num_bessel"],
+        num_polynomial_cutoff=s["num_polynomial_cutoff"],
+        max_ell=s["max_ell"],
+        interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        num_interactions=s["num_interactions"], num_elements=len(zs),
-        hidden_irreps=o3.Irreps(s["hidden_irreps"]), MLP_irreps=o3.Irreps(s["MLP_irreps"]),
-        atomic_energies=np.zeros(len(zs)), avg_num_neighbors=30.0, atomic_numbers=zs,
-        correlation=s["correlation"], gate=torch.nn.functional.silu, atomic_inter_scale=1.0,
+        num_interactions=s["num_interactions"],
+        num_elements=len(zs),
+        hidden_irreps=o3.Irreps(s["hidden_irreps"]),
+        MLP_irreps=o3.Irreps(s["MLP_irreps"]),
+        atomic_energies=np.zeros(len(zs)),
+        avg_num_neighbors=30.0,
+        atomic_numbers=zs,
+        correlation=s["correlation"],
+        gate=torch.nn.functional.silu,
+        atomic_inter_scale=1.0,
         atomic_inter_shift=0.0,
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mace.model"
         torch.save(model, path)
-        calc = MACECalculator(model_paths=str(path), device="cpu",
-                              default_dtype="float64" if dtype == torch.float64 else "float32")
+        calc = MACECalculator(
+            model_paths=str(path),
+            device="cpu",
+            default_dtype="float64" if dtype == torch.float64 else "float32",
+        )
         return {"step_s": time_steps(atoms, calc, repeats, warmup)}
 
 
@@ -138,14 +158,22 @@ def measure(which: str, names: list[str], repeats: int) -> dict:
 def mace_results(args, names) -> dict | None:
     try:
         import mace  # noqa: F401
+
         return measure("mace", names, args.repeats)
     except ImportError:
         pass
     if not args.mace_python:
         print("  MACE not importable here and no --mace-python given: MACE column left empty")
         return None
-    cmd = [args.mace_python, __file__, "--only-mace", "--repeats", str(args.repeats),
-           "--threads", str(args.threads)] + (["--quick"] if args.quick else [])
+    cmd = [
+        args.mace_python,
+        __file__,
+        "--only-mace",
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+    ] + (["--quick"] if args.quick else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stdout + proc.stderr)
@@ -163,7 +191,8 @@ def write_table(results: dict, mace_res: dict | None, names: list[str], threads:
         "(128 features, 3 interactions, 20 radial functions, cutoff 5 Å; ~0.58 M parameters). "
         f"MACE: ScaleShiftMACE {MACE_SETTINGS} through `MACECalculator`.",
         "",
-        "| system | dtype | ours ms/step | ours µs/atom/step | calculator overhead % | MACE ms/step | MACE/ours |",
+        "| system | dtype | ours ms/step | ours µs/atom/step | calculator overhead % | MACE ms/step "
+        "| MACE/ours |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in names:
@@ -176,8 +205,10 @@ def write_table(results: dict, mace_res: dict | None, names: list[str], threads:
             m = (mace_res or {}).get(f"{name}|{dt}")
             mace_ms = f"{m['step_s'] * 1e3:.1f}" if m else "n/a"
             ratio = f"{m['step_s'] / r['step_s']:.2f}" if m else "n/a"
-            lines.append(f"| {name} | {dt} | {r['step_s'] * 1e3:.1f} | {r['step_s'] / n_atoms * 1e6:.1f} | "
-                         f"{r['overhead_pct']:.1f} | {mace_ms} | {ratio} |")
+            lines.append(
+                f"| {name} | {dt} | {r['step_s'] * 1e3:.1f} | {r['step_s'] / n_atoms * 1e6:.1f} | "
+                f"{r['overhead_pct']:.1f} | {mace_ms} | {ratio} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -191,9 +222,13 @@ def plot(results: dict, mace_res: dict | None, names: list[str], path: Path) -> 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for dt, style in (("float32", "--"), ("float64", "-")):
         for res, mark, label in ((results, "o", "ours"), (mace_res or {}, "s", "MACE small")):
-            pts = [(k, res[f"{name}|{dt}"]["step_s"] * 1e3) for k, name in zip(n, names) if f"{name}|{dt}" in res]
+            pts = [
+                (k, res[f"{name}|{dt}"]["step_s"] * 1e3)
+                for k, name in zip(n, names, strict=True)
+                if f"{name}|{dt}" in res
+            ]
             if pts:
-                ax.loglog(*zip(*pts), mark + style, label=f"{label} {dt}")
+                ax.loglog(*zip(*pts, strict=True), mark + style, label=f"{label} {dt}")
     ax.set_xlabel("atoms")
     ax.set_ylabel("ms per MD step")
     ax.legend()
@@ -203,7 +238,9 @@ def plot(results: dict, mace_res: dict | None, names: list[str], path: Path) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="21 and 108 atoms only")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)

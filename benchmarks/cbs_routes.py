@@ -53,8 +53,11 @@ from pimlip_ase.workflow.delta import delta_calculator, subtract_labels
 HERE = Path(__file__).parent
 ROUTES = ("energy-only", "xTB pretrain → fine-tune", "Δ on xTB")
 #: Reference rows and their line style (colour + dash) in the plot.
-REFERENCE_STYLES = {"ceiling: MP2 energies + forces": "k--", "xTB alone (+ mean offset)": "r:",
-                    "xTB-pretrained, not fine-tuned": "g-."}
+REFERENCE_STYLES = {
+    "ceiling: MP2 energies + forces": "k--",
+    "xTB alone (+ mean offset)": "r:",
+    "xTB-pretrained, not fine-tuned": "g-.",
+}
 TARGETS = ("cbs", "mp2")
 
 
@@ -66,20 +69,40 @@ class Settings:
     seeds: tuple[int, ...] = (0, 1)
     n_valid: int = 25
     n_test: int | None = None  # None: every test-trajectory frame
-    model: dict[str, Any] = dataclasses.field(default_factory=lambda: {
-        "name": "painn", "cutoff": 4.0, "n_features": 32, "n_interactions": 2, "dtype": "float64"})
-    optim: dict[str, Any] = dataclasses.field(default_factory=lambda: {
-        "lr": 3e-3, "batch_size": 4, "max_epochs": 300, "patience": 30, "ema": 0.99, "lr_patience": 10})
+    model: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {
+            "name": "painn",
+            "cutoff": 4.0,
+            "n_features": 32,
+            "n_interactions": 2,
+            "dtype": "float64",
+        }
+    )
+    optim: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: {
+            "lr": 3e-3,
+            "batch_size": 4,
+            "max_epochs": 300,
+            "patience": 30,
+            "ema": 0.99,
+            "lr_patience": 10,
+        }
+    )
     finetune_lr: float = 1e-3
     forces_weight: float = 10.0  # ceiling and pretraining: loss = E/atom² + 10 · F²
     piwsl_grid: tuple[tuple[float, float], ...] = ((1.0, 0.0), (1.0, 0.5))
     epsilon: float = 0.05
 
 
-QUICK = Settings(sizes=(10,), seeds=(0,), n_valid=5, n_test=12,
-                 model={"name": "painn", "cutoff": 4.0, "n_features": 8, "n_interactions": 1},
-                 optim={"lr": 3e-3, "batch_size": 8, "max_epochs": 3, "patience": 3},
-                 piwsl_grid=((1.0, 0.5),))
+QUICK = Settings(
+    sizes=(10,),
+    seeds=(0,),
+    n_valid=5,
+    n_test=12,
+    model={"name": "painn", "cutoff": 4.0, "n_features": 8, "n_interactions": 1},
+    optim={"lr": 3e-3, "batch_size": 8, "max_epochs": 3, "patience": 3},
+    piwsl_grid=((1.0, 0.5),),
+)
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -111,9 +134,14 @@ def load_split(settings: Settings) -> Split:
     test_idx = np.flatnonzero(seeds == 1)
     if settings.n_test is not None:
         test_idx = rng.choice(test_idx, settings.n_test, replace=False)
-    part = {name: {lv: [sets[lv][i] for i in idx] for lv in sets}
-            for name, idx in (("valid", pool_idx[: settings.n_valid]),
-                              ("pool", pool_idx[settings.n_valid:]), ("test", test_idx))}
+    part = {
+        name: {lv: [sets[lv][i] for i in idx] for lv in sets}
+        for name, idx in (
+            ("valid", pool_idx[: settings.n_valid]),
+            ("pool", pool_idx[settings.n_valid :]),
+            ("test", test_idx),
+        )
+    }
     return Split(**part)
 
 
@@ -137,18 +165,33 @@ class Runner:
         self.settings = settings
         self.workdir = workdir
 
-    def fit(self, tag: str, train_set: list[Atoms], valid_set: list[Atoms], loss: dict[str, float],
-            seed: int, init_from: Path | None = None) -> tuple[Path, float, float]:
+    def fit(
+        self,
+        tag: str,
+        train_set: list[Atoms],
+        valid_set: list[Atoms],
+        loss: dict[str, float],
+        seed: int,
+        init_from: Path | None = None,
+    ) -> tuple[Path, float, float]:
         """Model path, validation energy MAE (eV/molecule) and training seconds of run ``tag``."""
         out = self.workdir / tag
         optim = dict(self.settings.optim)
         if init_from is not None:
             optim["lr"] = self.settings.finetune_lr
         if not (out / "model.pt").exists():
-            train({"model": self.settings.model, "data": {"train": train_set, "valid": valid_set},
-                   "loss": loss, "optim": optim, "seed": seed, "output": str(out),
-                   "init_from": str(init_from) if init_from else None},
-                  resume=(out / "checkpoints" / "last.pt").exists())
+            train(
+                {
+                    "model": self.settings.model,
+                    "data": {"train": train_set, "valid": valid_set},
+                    "loss": loss,
+                    "optim": optim,
+                    "seed": seed,
+                    "output": str(out),
+                    "init_from": str(init_from) if init_from else None,
+                },
+                resume=(out / "checkpoints" / "last.pt").exists(),
+            )
         valid_mae = load_model(out / "model.pt").provenance["valid_metrics"]["energy_mae"]
         with (out / "metrics.csv").open() as fh:
             seconds = sum(float(row["time_s"]) for row in csv.DictReader(fh))
@@ -190,8 +233,9 @@ def model_calculator(route: str, model: Path) -> BaseCalculator:
 # ------------------------------------------------------------------------------------------ the grid
 
 
-def route_runs(runner: Runner, split: Split, target: str, route: str, n: int, seed: int,
-               pretrained: Path) -> list[dict[str, Any]]:
+def route_runs(
+    runner: Runner, split: Split, target: str, route: str, n: int, seed: int, pretrained: Path
+) -> list[dict[str, Any]]:
     """Plain and every PIWSL grid point for one (target, route, N, seed); rows with test metrics."""
     train_set = energy_only(split.train(target, n))
     valid_set = energy_only(split.valid[target])
@@ -200,33 +244,76 @@ def route_runs(runner: Runner, split: Split, target: str, route: str, n: int, se
         valid_set = subtract_labels(valid_set, split.valid["xtb"], "gfn2-xtb")
     init_from = pretrained if route == "xTB pretrain → fine-tune" else None
     settings = [("off", {"energy": 1.0})] + [
-        (f"w={w:g}, k={k:g}", runner.piwsl_loss(w, k)) for w, k in runner.settings.piwsl_grid]
+        (f"w={w:g}, k={k:g}", runner.piwsl_loss(w, k)) for w, k in runner.settings.piwsl_grid
+    ]
     rows = []
     for label, loss in settings:
         tag = f"N{n}/seed{seed}/{target}-{route.split()[0]}-{label.replace(', ', '_')}"
         path, valid_mae, seconds = runner.fit(tag, train_set, valid_set, loss, seed, init_from)
         metrics = evaluate(model_calculator(route, path), split.test[target])
-        rows.append({"target": target, "route": route, "n": n, "seed": seed, "piwsl": label,
-                     "valid_energy_mae": valid_mae, "train_s": seconds, **metrics})
+        rows.append(
+            {
+                "target": target,
+                "route": route,
+                "n": n,
+                "seed": seed,
+                "piwsl": label,
+                "valid_energy_mae": valid_mae,
+                "train_s": seconds,
+                **metrics,
+            }
+        )
     return rows
 
 
 def references(runner: Runner, split: Split, n: int, seed: int, pretrained: Path) -> list[dict[str, Any]]:
     """Ceiling (MP2 energies + forces), xTB alone (mean offset from the training set), pretrained."""
     forces_loss = {"energy": 1.0, "forces": runner.settings.forces_weight}
-    path, valid_mae, seconds = runner.fit(f"N{n}/seed{seed}/mp2-ceiling", split.train("mp2", n),
-                                          split.valid["mp2"], forces_loss, seed)
-    rows = [{"target": "mp2", "route": "ceiling: MP2 energies + forces", "n": n, "seed": seed,
-             "piwsl": "off", "valid_energy_mae": valid_mae, "train_s": seconds,
-             **evaluate(PIMLIPCalculator(path), split.test["mp2"])}]
+    path, valid_mae, seconds = runner.fit(
+        f"N{n}/seed{seed}/mp2-ceiling", split.train("mp2", n), split.valid["mp2"], forces_loss, seed
+    )
+    rows = [
+        {
+            "target": "mp2",
+            "route": "ceiling: MP2 energies + forces",
+            "n": n,
+            "seed": seed,
+            "piwsl": "off",
+            "valid_energy_mae": valid_mae,
+            "train_s": seconds,
+            **evaluate(PIMLIPCalculator(path), split.test["mp2"]),
+        }
+    ]
     for target in TARGETS:
-        offset = float(np.mean([r.info[ENERGY] - c.info[ENERGY]
-                                for r, c in zip(split.train(target, n), split.train("xtb", n), strict=True)]))
-        rows.append({"target": target, "route": "xTB alone (+ mean offset)", "n": n, "seed": seed,
-                     "piwsl": "off", **evaluate(xtb_calculator(), split.test[target], offset)})
+        offset = float(
+            np.mean(
+                [
+                    r.info[ENERGY] - c.info[ENERGY]
+                    for r, c in zip(split.train(target, n), split.train("xtb", n), strict=True)
+                ]
+            )
+        )
+        rows.append(
+            {
+                "target": target,
+                "route": "xTB alone (+ mean offset)",
+                "n": n,
+                "seed": seed,
+                "piwsl": "off",
+                **evaluate(xtb_calculator(), split.test[target], offset),
+            }
+        )
     forces = evaluate(PIMLIPCalculator(pretrained), split.test["mp2"])["forces_mae"]
-    rows.append({"target": "mp2", "route": "xTB-pretrained, not fine-tuned", "n": n, "seed": seed,
-                 "piwsl": "off", "forces_mae": forces})
+    rows.append(
+        {
+            "target": "mp2",
+            "route": "xTB-pretrained, not fine-tuned",
+            "n": n,
+            "seed": seed,
+            "piwsl": "off",
+            "forces_mae": forces,
+        }
+    )
     return rows
 
 
@@ -236,8 +323,13 @@ def run_all(settings: Settings, workdir: Path, log: Callable[[str], None]) -> li
     runner = Runner(settings, workdir)
     rows: list[dict[str, Any]] = []
     for seed in settings.seeds:
-        pretrained, _, _ = runner.fit(f"pretrain-xtb/seed{seed}", split.pool["xtb"], split.valid["xtb"],
-                                      {"energy": 1.0, "forces": settings.forces_weight}, seed)
+        pretrained, _, _ = runner.fit(
+            f"pretrain-xtb/seed{seed}",
+            split.pool["xtb"],
+            split.valid["xtb"],
+            {"energy": 1.0, "forces": settings.forces_weight},
+            seed,
+        )
         for n in settings.sizes:
             rows += references(runner, split, n, seed, pretrained)
             for target in TARGETS:
@@ -281,9 +373,13 @@ def _route_order(route: str) -> tuple[int, str]:
 def main_table(rows: list[dict[str, Any]], n: int) -> list[str]:
     """Markdown lines: one line per (route, PIWSL on/off) at training size ``n``."""
     chosen = [r for r in choose(rows) if r["n"] == n]
-    lines = [f"### N = {n} reference energies", "",
-             "| route | PIWSL | CBS test E MAE (meV) | MP2 test E MAE (meV) | MP2 test F MAE (meV/Å) "
-             "| PIWSL setting chosen (CBS; MP2) |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"### N = {n} reference energies",
+        "",
+        "| route | PIWSL | CBS test E MAE (meV) | MP2 test E MAE (meV) | MP2 test F MAE (meV/Å) "
+        "| PIWSL setting chosen (CBS; MP2) |",
+        "|---|---|---|---|---|---|",
+    ]
     for route in sorted({r["route"] for r in chosen}, key=_route_order):
         for on in (False, True):
             sel = [r for r in chosen if r["route"] == route and (r["piwsl"] != "off") == on]
@@ -291,53 +387,86 @@ def main_table(rows: list[dict[str, Any]], n: int) -> list[str]:
                 continue
             cbs = [r for r in sel if r["target"] == "cbs"]
             mp2 = [r for r in sel if r["target"] == "mp2"]
-            picks = "; ".join(",".join(sorted({r["piwsl"] for r in group}, key=str)) or "—"
-                              for group in (cbs, mp2)) if on else ""
-            lines.append(f"| {route} | {'on' if on else 'off'} | {_stat(cbs, 'energy_mae')} | "
-                         f"{_stat(mp2, 'energy_mae')} | {_stat(mp2, 'forces_mae')} | {picks} |")
+            picks = (
+                "; ".join(
+                    ",".join(sorted({r["piwsl"] for r in group}, key=str)) or "—" for group in (cbs, mp2)
+                )
+                if on
+                else ""
+            )
+            lines.append(
+                f"| {route} | {'on' if on else 'off'} | {_stat(cbs, 'energy_mae')} | "
+                f"{_stat(mp2, 'energy_mae')} | {_stat(mp2, 'forces_mae')} | {picks} |"
+            )
     return lines
 
 
 def grid_table(rows: list[dict[str, Any]]) -> list[str]:
     """Every energy-only run: validation energy (the selection criterion) next to the test errors."""
-    lines = ["| N | target | route | PIWSL | valid E MAE (meV) | test E MAE (meV) | test F MAE (meV/Å) "
-             "| train s |", "|---|---|---|---|---|---|---|---|"]
-    keys = sorted({(r["n"], r["target"], r["route"], r["piwsl"]) for r in rows if r["route"] in ROUTES},
-                  key=lambda k: (k[0], k[1], _route_order(k[2]), k[3] != "off", k[3]))
+    lines = [
+        "| N | target | route | PIWSL | valid E MAE (meV) | test E MAE (meV) | test F MAE (meV/Å) "
+        "| train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted(
+        {(r["n"], r["target"], r["route"], r["piwsl"]) for r in rows if r["route"] in ROUTES},
+        key=lambda k: (k[0], k[1], _route_order(k[2]), k[3] != "off", k[3]),
+    )
     for key in keys:
         sel = [r for r in rows if (r["n"], r["target"], r["route"], r["piwsl"]) == key]
-        values = [_stat(sel, "valid_energy_mae"), _stat(sel, "energy_mae"), _stat(sel, "forces_mae"),
-                  _stat(sel, "train_s", 1.0)]
+        values = [
+            _stat(sel, "valid_energy_mae"),
+            _stat(sel, "energy_mae"),
+            _stat(sel, "forces_mae"),
+            _stat(sel, "train_s", 1.0),
+        ]
         lines.append(f"| {' | '.join(map(str, key))} | {' | '.join(values)} |")
     return lines
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
         else platform.processor()
-    return (f"{cpu} ({os.cpu_count()} logical CPUs, shared), torch {torch.__version__} "
-            f"({torch.get_num_threads()} thread), Python {platform.python_version()}, {platform.system()}")
+    )
+    return (
+        f"{cpu} ({os.cpu_count()} logical CPUs, shared), torch {torch.__version__} "
+        f"({torch.get_num_threads()} thread), Python {platform.python_version()}, {platform.system()}"
+    )
 
 
 def report(rows: list[dict[str, Any]], settings: Settings, command: str, wall_s: float) -> str:
     """The markdown report: settings, main table per N, then every grid point."""
-    lines = ["# Energy-only CCSD(T)/CBS data → forces: three routes, with and without PITC/PISC", "",
-             f"Command: `{command}` ({wall_s / 60:.0f} min wall for this invocation; {len(rows)} rows, "
-             f"{sum(r.get('train_s', 0.0) for r in rows) / 60:.0f} min of training in all, finished runs "
-             f"are reused). Machine: {machine()}.", "",
-             "Data: shipped water sets (GFN2-xTB MD at 600/1000/1500 K); training pool and validation from "
-             "the md_seed 0 trajectories, test = the md_seed 1 trajectories "
-             f"(training seeds {', '.join(map(str, settings.seeds))} — initialisation and batch order; the "
-             "split is fixed — mean ± std over seeds). Energies per molecule (3 atoms). The validation "
-             "frames come from the training trajectories, as a user's would, so validation errors are "
-             "optimistic next to test errors.", "",
-             f"Settings: model {settings.model}; optim {settings.optim} "
-             f"(fine-tuning lr {settings.finetune_lr}); "
-             f"validation set {settings.n_valid} energies (energy-only: energies only); pretraining on xTB "
-             f"energies + forces of the whole pool (force weight {settings.forces_weight}); PIWSL grid "
-             f"(w_PITC, k) ∈ {list(settings.piwsl_grid)}, w_PISC = w_PITC/10, ε = {settings.epsilon} Å, "
-             "the grid point with the lowest validation energy MAE is reported.", ""]
+    lines = [
+        "# Energy-only CCSD(T)/CBS data → forces: three routes, with and without PITC/PISC",
+        "",
+        f"Command: `{command}` ({wall_s / 60:.0f} min wall for this invocation; {len(rows)} rows, "
+        f"{sum(r.get('train_s', 0.0) for r in rows) / 60:.0f} min of training in all, finished runs "
+        f"are reused). Machine: {machine()}.",
+        "",
+        "Data: shipped water sets (GFN2-xTB MD at 600/1000/1500 K); training pool and validation from "
+        "the md_seed 0 trajectories, test = the md_seed 1 trajectories "
+        f"(training seeds {', '.join(map(str, settings.seeds))} — initialisation and batch order; the "
+        "split is fixed — mean ± std over seeds). Energies per molecule (3 atoms). The validation "
+        "frames come from the training trajectories, as a user's would, so validation errors are "
+        "optimistic next to test errors.",
+        "",
+        f"Settings: model {settings.model}; optim {settings.optim} "
+        f"(fine-tuning lr {settings.finetune_lr}); "
+        f"validation set {settings.n_valid} energies (energy-only: energies only); pretraining on xTB "
+        f"energies + forces of the whole pool (force weight {settings.forces_weight}); PIWSL grid "
+        f"(w_PITC, k) ∈ {list(settings.piwsl_grid)}, w_PISC = w_PITC/10, ε = {settings.epsilon} Å, "
+        "the grid point with the lowest validation energy MAE is reported.",
+        "",
+    ]
     for n in sorted({r["n"] for r in rows}):
         lines += main_table(rows, n) + [""]
     lines += ["### Every energy-only run (selection by validation energy only)", ""] + grid_table(rows)
@@ -355,19 +484,40 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     sizes = sorted({r["n"] for r in rows})
     fig, axes = plt.subplots(len(sizes), 2, figsize=(11, 3.6 * len(sizes)), squeeze=False)
     for ax_row, n in zip(axes, sizes, strict=True):
-        for ax, (target, key, unit) in zip(ax_row, (("cbs", "energy_mae", "meV"),
-                                                    ("mp2", "forces_mae", "meV/Å")), strict=True):
+        for ax, (target, key, unit) in zip(
+            ax_row, (("cbs", "energy_mae", "meV"), ("mp2", "forces_mae", "meV/Å")), strict=True
+        ):
             x = np.arange(len(ROUTES))
             for shift, on in ((-0.2, False), (0.2, True)):
-                vals = [1e3 * np.array([r[key] for r in chosen if r["n"] == n and r["target"] == target
-                                        and r["route"] == route and (r["piwsl"] != "off") == on])
-                        for route in ROUTES]
+                vals = [
+                    1e3
+                    * np.array(
+                        [
+                            r[key]
+                            for r in chosen
+                            if r["n"] == n
+                            and r["target"] == target
+                            and r["route"] == route
+                            and (r["piwsl"] != "off") == on
+                        ]
+                    )
+                    for route in ROUTES
+                ]
                 spread = [v.std(ddof=1) if len(v) > 1 else 0.0 for v in vals]
-                ax.bar(x + shift, [v.mean() for v in vals], 0.4, yerr=spread, capsize=3,
-                       label="PIWSL on" if on else "PIWSL off")
+                ax.bar(
+                    x + shift,
+                    [v.mean() for v in vals],
+                    0.4,
+                    yerr=spread,
+                    capsize=3,
+                    label="PIWSL on" if on else "PIWSL off",
+                )
             for route, style in REFERENCE_STYLES.items():
-                ref = [r[key] for r in rows if r["n"] == n and r["target"] == target and r["route"] == route
-                       and key in r]
+                ref = [
+                    r[key]
+                    for r in rows
+                    if r["n"] == n and r["target"] == target and r["route"] == route and key in r
+                ]
                 if ref:
                     ax.axhline(1e3 * statistics.mean(ref), ls=style[1:], color=style[0], label=route)
             ax.set_xticks(x, ROUTES, fontsize=8)
@@ -383,11 +533,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny smoke test (results under --results)")
-    parser.add_argument("--results", type=Path, default=None,
-                        help="folder for cbs_routes.md/.png/.json (default benchmarks/results; "
-                             "runs/cbs_routes_quick with --quick)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="training runs (default runs/cbs_routes[_quick])")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        help="folder for cbs_routes.md/.png/.json (default benchmarks/results; "
+        "runs/cbs_routes_quick with --quick)",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="training runs (default runs/cbs_routes[_quick])"
+    )
     parser.add_argument("--sizes", type=int, nargs="+", help="override the numbers of training energies")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     args = parser.parse_args(argv)
@@ -407,8 +562,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     command = "python benchmarks/cbs_routes.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(rows, settings, command.strip(), time.perf_counter() - start)
     (results / "cbs_routes.md").write_text(text)
-    (results / "cbs_routes.json").write_text(json.dumps({"settings": dataclasses.asdict(settings),
-                                                         "rows": rows}, indent=1))
+    (results / "cbs_routes.json").write_text(
+        json.dumps({"settings": dataclasses.asdict(settings), "rows": rows}, indent=1)
+    )
     plot(rows, results / "cbs_routes.png")
     print(text)
     return text

@@ -45,31 +45,94 @@ RUNS = RESULTS / "data_efficiency_runs.jsonl"
 WORK = RESULTS / "work"
 
 PRESETS = {
-    "quick": {"sizes": [25], "seeds": [0], "systems": ["cu"], "epochs": 15, "n_test": 100, "tune": False,
-              "models": ["painn"], "methods": ["E", "E+PIWSL k=½", "E+F"]},
-    "mini": {"sizes": [25, 100], "seeds": [0], "systems": ["cu"], "epochs": 60, "n_test": 300, "tune": False,
-             "models": ["painn", "mace"],
-             "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "Δ E", "finetune E"]},
-    "cpu": {"sizes": [25, 100], "seeds": [0, 1], "systems": ["cu", "ethanol"], "epochs": 120, "n_test": 500,
-            "models": ["painn", "painn-direct", "schnet", "mace"],
-            "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "E+F+PIWSL k=0", "Δ E", "Δ E+PIWSL k=½",
-                        "finetune E", "finetune E+PIWSL k=½"]},
-    "full": {"sizes": [25, 50, 100, 200, 400, 1000], "seeds": [0, 1, 2], "systems": ["cu", "ethanol", "water"],
-             "epochs": 500, "n_test": 500, "models": ["painn", "painn-direct", "schnet", "mace"],
-             "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "E+F+PIWSL k=0", "E+F+PIWSL k=½", "Δ E",
-                         "Δ E+PIWSL k=½", "finetune E", "finetune E+PIWSL k=½"]},
+    "quick": {
+        "sizes": [25],
+        "seeds": [0],
+        "systems": ["cu"],
+        "epochs": 15,
+        "n_test": 100,
+        "tune": False,
+        "models": ["painn"],
+        "methods": ["E", "E+PIWSL k=½", "E+F"],
+    },
+    "mini": {
+        "sizes": [25, 100],
+        "seeds": [0],
+        "systems": ["cu"],
+        "epochs": 60,
+        "n_test": 300,
+        "tune": False,
+        "models": ["painn", "mace"],
+        "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "Δ E", "finetune E"],
+    },
+    "cpu": {
+        "sizes": [25, 100],
+        "seeds": [0, 1],
+        "systems": ["cu", "ethanol"],
+        "epochs": 120,
+        "n_test": 500,
+        "models": ["painn", "painn-direct", "schnet", "mace"],
+        "methods": [
+            "E",
+            "E+PIWSL k=0",
+            "E+PIWSL k=½",
+            "E+F",
+            "E+F+PIWSL k=0",
+            "Δ E",
+            "Δ E+PIWSL k=½",
+            "finetune E",
+            "finetune E+PIWSL k=½",
+        ],
+    },
+    "full": {
+        "sizes": [25, 50, 100, 200, 400, 1000],
+        "seeds": [0, 1, 2],
+        "systems": ["cu", "ethanol", "water"],
+        "epochs": 500,
+        "n_test": 500,
+        "models": ["painn", "painn-direct", "schnet", "mace"],
+        "methods": [
+            "E",
+            "E+PIWSL k=0",
+            "E+PIWSL k=½",
+            "E+F",
+            "E+F+PIWSL k=0",
+            "E+F+PIWSL k=½",
+            "Δ E",
+            "Δ E+PIWSL k=½",
+            "finetune E",
+            "finetune E+PIWSL k=½",
+        ],
+    },
 }
 #: Model sizes used here: small enough to train to early stopping on 2 CPU cores.
-MODELS = {"painn": {"name": "painn", "n_features": 32, "n_interactions": 3},
-          "painn-direct": {"name": "painn", "n_features": 32, "n_interactions": 3, "forces": "direct"},
-          "schnet": {"name": "schnet", "n_features": 64, "n_interactions": 3}}
+MODELS = {
+    "painn": {"name": "painn", "n_features": 32, "n_interactions": 3},
+    "painn-direct": {"name": "painn", "n_features": 32, "n_interactions": 3, "forces": "direct"},
+    "schnet": {"name": "schnet", "n_features": 64, "n_interactions": 3},
+}
 #: The peer: MACE (mace-torch's own trainer, `python -m mace.cli.run_train`) at a size comparable
 #: to our PaiNN-32 (32 scalar channels, 2 interactions, L_max 3 edge features, correlation 3).
-MACE_ARGS = {"model": "MACE", "hidden_irreps": "32x0e", "num_interactions": "2", "max_ell": "3",
-             "correlation": "3", "MLP_irreps": "16x0e", "num_radial_basis": "8", "E0s": "average",
-             "loss": "weighted", "energy_weight": "1.0", "batch_size": "8", "valid_batch_size": "16",
-             "lr": "0.01", "ema_decay": "0.99", "default_dtype": "float64", "device": "cpu",
-             "eval_interval": "1", "valid_fraction": "0.2"}
+MACE_ARGS = {
+    "model": "MACE",
+    "hidden_irreps": "32x0e",
+    "num_interactions": "2",
+    "max_ell": "3",
+    "correlation": "3",
+    "MLP_irreps": "16x0e",
+    "num_radial_basis": "8",
+    "E0s": "average",
+    "loss": "weighted",
+    "energy_weight": "1.0",
+    "batch_size": "8",
+    "valid_batch_size": "16",
+    "lr": "0.01",
+    "ema_decay": "0.99",
+    "default_dtype": "float64",
+    "device": "cpu",
+    "eval_interval": "1",
+    "valid_fraction": "0.2",
+}
 PEER_METHODS = ("E", "E+F")  # MACE has no PITC/PISC, Δ or fine-tuning column here
 PIWSL_GRID = [(0.02, 0.1), (0.05, 0.1), (0.05, 1.0)]  # (ε Å, w_PITC); w_PISC = w_PITC / 100
 
@@ -88,12 +151,22 @@ def fit(system, method, model, n, seed, epochs, eps=0.05, w=1.0, init_from=None,
         structures = edata.delta_labels(system, structures)
     mcfg = dict(MODELS[model])
     tag = f"{system}-{model}-{method}-{n}-{seed}-{eps}-{w}-{epochs}ep".replace(" ", "_").replace("½", "half")
-    cfg = {"model": {**mcfg, "cutoff": edata.CUTOFF[system]},
-           "data": {"train": structures, "valid": 0.2},
-           "loss": loss_for(method, eps, w),
-           "optim": {"lr": 2e-3, "batch_size": 8, "max_epochs": epochs, "patience": max(10, epochs // 5),
-                     "lr_patience": max(4, epochs // 15), "ema": 0.99},
-           "seed": seed, "output": str(WORK / tag), "init_from": init_from}
+    cfg = {
+        "model": {**mcfg, "cutoff": edata.CUTOFF[system]},
+        "data": {"train": structures, "valid": 0.2},
+        "loss": loss_for(method, eps, w),
+        "optim": {
+            "lr": 2e-3,
+            "batch_size": 8,
+            "max_epochs": epochs,
+            "patience": max(10, epochs // 5),
+            "lr_patience": max(4, epochs // 15),
+            "ema": 0.99,
+        },
+        "seed": seed,
+        "output": str(WORK / tag),
+        "init_from": init_from,
+    }
     if init_from:
         cfg["model"] = {"name": mcfg["name"]}
     t0 = time.perf_counter()
@@ -123,11 +196,21 @@ def fit_mace(system, method, n, seed, epochs) -> tuple[dict, float, float]:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
         write(out / "train.xyz", structures, format="extxyz")
-        args = {**MACE_ARGS, "name": "mace", "seed": str(seed), "train_file": str(out / "train.xyz"),
-                "r_max": str(edata.CUTOFF[system]), "energy_key": "REF_energy", "forces_key": "REF_forces",
-                "forces_weight": "10.0" if method == "E+F" else "0.0", "max_num_epochs": str(epochs),
-                "patience": str(max(10, epochs // 5)), "scheduler_patience": str(max(4, epochs // 15)),
-                "work_dir": str(out), "model_dir": str(out)}
+        args = {
+            **MACE_ARGS,
+            "name": "mace",
+            "seed": str(seed),
+            "train_file": str(out / "train.xyz"),
+            "r_max": str(edata.CUTOFF[system]),
+            "energy_key": "REF_energy",
+            "forces_key": "REF_forces",
+            "forces_weight": "10.0" if method == "E+F" else "0.0",
+            "max_num_epochs": str(epochs),
+            "patience": str(max(10, epochs // 5)),
+            "scheduler_patience": str(max(4, epochs // 15)),
+            "work_dir": str(out),
+            "model_dir": str(out),
+        }
         cmd = [sys.executable, "-m", "mace.cli.run_train", "--ema"] + [f"--{k}={v}" for k, v in args.items()]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0 or not model_file.exists():
@@ -144,8 +227,11 @@ def fit_mace(system, method, n, seed, epochs) -> tuple[dict, float, float]:
             if "REF_forces" in a.arrays:
                 f_err.append((b.get_forces() - a.arrays["REF_forces"]).ravel())
         f = np.concatenate(f_err) if f_err else np.full(1, np.nan)
-        return {"energy_per_atom_mae": float(np.mean(np.abs(e_err))), "forces_mae": float(np.mean(np.abs(f))),
-                "forces_rmse": float(np.sqrt(np.mean(f**2)))}
+        return {
+            "energy_per_atom_mae": float(np.mean(np.abs(e_err))),
+            "forces_mae": float(np.mean(np.abs(f))),
+            "forces_rmse": float(np.sqrt(np.mean(f**2))),
+        }
 
     # MACE's validation split is its own (valid_fraction 0.2 of the file); score the whole file's
     # energies as the energy-only user would see them — for the record only, nothing is tuned on it
@@ -155,15 +241,29 @@ def fit_mace(system, method, n, seed, epochs) -> tuple[dict, float, float]:
 def run_one(system, method, model, n, seed, epochs, tune) -> dict:
     if model == "mace":
         metrics, secs, val = fit_mace(system, method, n, seed, epochs)
-        return {"system": system, "method": method, "model": model, "n": n, "seed": seed, "epochs": epochs, "eps": None,
-                "w": None, "train_s": secs, "test_energy_mae_meV_atom": 1e3 * metrics["energy_per_atom_mae"],
-                "test_forces_mae_meV_A": 1e3 * metrics["forces_mae"],
-                "test_forces_rmse_meV_A": 1e3 * metrics["forces_rmse"], "valid_energy_mae_meV_atom": 1e3 * val}
+        return {
+            "system": system,
+            "method": method,
+            "model": model,
+            "n": n,
+            "seed": seed,
+            "epochs": epochs,
+            "eps": None,
+            "w": None,
+            "train_s": secs,
+            "test_energy_mae_meV_atom": 1e3 * metrics["energy_per_atom_mae"],
+            "test_forces_mae_meV_A": 1e3 * metrics["forces_mae"],
+            "test_forces_rmse_meV_A": 1e3 * metrics["forces_rmse"],
+            "valid_energy_mae_meV_atom": 1e3 * val,
+        }
     init_from = None
     if method.startswith("finetune"):
-        pre, _, _ = fit(system, "E+F", model, edata.N_PRETRAIN, seed, epochs,
-                        train_set=edata.cheap_pool(system, seed))
-        init_from = str(WORK / f"{system}-{model}-E+F-{edata.N_PRETRAIN}-{seed}-0.05-1.0-{epochs}ep" / "model.pt")
+        pre, _, _ = fit(
+            system, "E+F", model, edata.N_PRETRAIN, seed, epochs, train_set=edata.cheap_pool(system, seed)
+        )
+        init_from = str(
+            WORK / f"{system}-{model}-E+F-{edata.N_PRETRAIN}-{seed}-0.05-1.0-{epochs}ep" / "model.pt"
+        )
     grid = PIWSL_GRID if ("PIWSL" in method and tune and "E+F" not in method) else [(0.05, 1.0)]
     best = None
     for eps, w in grid:  # energy-only: choose by validation energy alone
@@ -175,11 +275,21 @@ def run_one(system, method, model, n, seed, epochs, tune) -> dict:
     if method.startswith("Δ"):  # error of cheap + Δ_model against REF = error of Δ_model against REF − cheap
         test = edata.delta_labels(system, test)
     metrics = error_metrics(m, build_graphs(test, m.cutoff))
-    return {"system": system, "method": method, "model": model, "n": n, "seed": seed, "epochs": epochs, "eps": eps, "w": w,
-            "train_s": secs, "test_energy_mae_meV_atom": 1e3 * metrics["energy_per_atom_mae"],
-            "test_forces_mae_meV_A": 1e3 * metrics["forces_mae"],
-            "test_forces_rmse_meV_A": 1e3 * metrics["forces_rmse"],
-            "valid_energy_mae_meV_atom": 1e3 * val["energy_per_atom_mae"]}
+    return {
+        "system": system,
+        "method": method,
+        "model": model,
+        "n": n,
+        "seed": seed,
+        "epochs": epochs,
+        "eps": eps,
+        "w": w,
+        "train_s": secs,
+        "test_energy_mae_meV_atom": 1e3 * metrics["energy_per_atom_mae"],
+        "test_forces_mae_meV_A": 1e3 * metrics["forces_mae"],
+        "test_forces_rmse_meV_A": 1e3 * metrics["forces_rmse"],
+        "valid_energy_mae_meV_atom": 1e3 * val["energy_per_atom_mae"],
+    }
 
 
 def load_runs() -> list[dict]:
@@ -189,27 +299,41 @@ def load_runs() -> list[dict]:
 
 
 def table(runs: list[dict], preset: str, threads: int) -> str:
-    lines = ["# Data efficiency: test errors vs training-set size", "",
-             f"Preset `{preset}`; machine {platform.machine()}, torch {torch.__version__}, {threads} threads, "
-             f"CPU. Models: {MODELS}; MACE (`mace` rows, mace-torch's trainer, energy-only and energy+force "
-             f"only): {MACE_ARGS}, the same epoch cap and early-stopping patience. AdamW lr 2e-3, batch 8, EMA 0.99, ReduceLROnPlateau, early stopping on "
-             "validation loss (20 % of N held out for validation), the same epoch cap for every column. "
-             "Energy-only PIWSL runs pick (ε, w_PITC) from "
-             f"{PIWSL_GRID} by validation energy only (w_PISC = w_PITC/100). Test sets: "
-             f"{edata.describe()}. Mean ± std over seeds.", "",
-             "| system | model | method | N | seeds | E MAE meV/atom | F MAE meV/Å | F RMSE meV/Å |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Data efficiency: test errors vs training-set size",
+        "",
+        f"Preset `{preset}` ({PRESETS[preset]['epochs']} epochs at most, seeds {PRESETS[preset]['seeds']}); "
+        f"machine {platform.machine()}, torch {torch.__version__}, {threads} threads, CPU. Models: {MODELS}. "
+        "Ours: AdamW lr 2e-3, batch 8, EMA 0.99, ReduceLROnPlateau, early stopping on validation loss "
+        "(20 % of N held out for validation). MACE (`mace` rows, mace-torch's own trainer, energy-only and "
+        f"energy+force): {MACE_ARGS}. Every column has the same epoch cap and early-stopping patience. "
+        + (
+            f"Energy-only PIWSL runs pick (ε, w_PITC) from {PIWSL_GRID} by validation energy only "
+            "(w_PISC = w_PITC/100). "
+            if PRESETS[preset].get("tune", True)
+            else "PIWSL runs use ε = 0.05 Å, w_PITC = 1, w_PISC = 0.01 (no tuning in this preset). "
+        )
+        + "Δ E: energy-only training of the difference to the cheap method; finetune E: pretrain on "
+        f"{edata.N_PRETRAIN} cheap-method energies+forces, then fine-tune on the N reference energies. "
+        "Test sets: "
+        f"{edata.describe()}. Mean ± std over seeds.",
+        "",
+        "| system | model | method | N | seeds | E MAE meV/atom | F MAE meV/Å | F RMSE meV/Å |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     keys = sorted({(r["system"], r["model"], r["method"], r["n"]) for r in runs})
     for system, model, method, n in keys:
         rs = [r for r in runs if (r["system"], r["model"], r["method"], r["n"]) == (system, model, method, n)]
 
-        def ms(key):
+        def ms(key, rs=rs):
             vals = [r[key] for r in rs]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
 
-        lines.append(f"| {system} | {model} | {method} | {n} | {len(rs)} | {ms('test_energy_mae_meV_atom')} | "
-                     f"{ms('test_forces_mae_meV_A')} | {ms('test_forces_rmse_meV_A')} |")
+        lines.append(
+            f"| {system} | {model} | {method} | {n} | {len(rs)} | {ms('test_energy_mae_meV_atom')} | "
+            f"{ms('test_forces_mae_meV_A')} | {ms('test_forces_rmse_meV_A')} |"
+        )
     for system in sorted({r["system"] for r in runs}):
         lines.append(f"\nReference points for `{system}`: {edata.baselines(system)}")
     return "\n".join(lines) + "\n"
@@ -223,7 +347,7 @@ def plot(runs: list[dict], path: Path) -> None:
 
     systems = sorted({r["system"] for r in runs})
     fig, axes = plt.subplots(1, len(systems), figsize=(6 * len(systems), 4.2), squeeze=False)
-    for ax, system in zip(axes[0], systems):
+    for ax, system in zip(axes[0], systems, strict=True):
         for model, method in sorted({(r["model"], r["method"]) for r in runs if r["system"] == system}):
             rs = [r for r in runs if (r["system"], r["model"], r["method"]) == (system, model, method)]
             ns = sorted({r["n"] for r in rs})
@@ -239,7 +363,9 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-tune", action="store_true", help="skip the (ε, w) grid for energy-only PIWSL")
@@ -268,8 +394,11 @@ def main() -> None:
                         with RUNS.open("a") as fh:
                             fh.write(json.dumps(row) + "\n")
                         print(json.dumps(row), flush=True)
-    runs = [r for r in load_runs()
-            if r["system"] in p["systems"] and r["n"] in p["sizes"] and r.get("epochs") == p["epochs"]]
+    runs = [
+        r
+        for r in load_runs()
+        if r["system"] in p["systems"] and r["n"] in p["sizes"] and r.get("epochs") == p["epochs"]
+    ]
     md = table(runs, args.preset, args.threads)
     (RESULTS / "data_efficiency.md").write_text(md)
     plot(runs, RESULTS / "data_efficiency.png")

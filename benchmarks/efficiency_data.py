@@ -91,7 +91,7 @@ def pool(system: str) -> list:
         from pimlip_ase.datasets import load_dataset
 
         mp2, xtb = load_dataset("water_mp2"), load_dataset("water_xtb")
-        for a, b in zip(mp2, xtb):
+        for a, b in zip(mp2, xtb, strict=True):
             a.info["CHEAP_energy"], a.arrays["CHEAP_forces"] = b.info["REF_energy"], b.arrays["REF_forces"]
         return mp2
     path = WORK / f"pool_{system}_{POOL}.extxyz"
@@ -107,7 +107,7 @@ def _splits(system: str):
     enough = len(p) >= N_TEST + N_PRETRAIN + 25  # a fixed shipped set may be smaller than asked
     n_test = N_TEST if enough else len(p) // 2
     n_pre = N_PRETRAIN if enough else len(p) // 4
-    return p[:n_test], p[n_test:n_test + n_pre], p[n_test + n_pre:]
+    return p[:n_test], p[n_test : n_test + n_pre], p[n_test + n_pre :]
 
 
 def test_set(system: str) -> list:
@@ -148,8 +148,10 @@ def baselines(system: str) -> str:
     test = test_set(system)
     ref = np.concatenate([a.arrays["REF_forces"].ravel() for a in test])
     cheap = np.concatenate([a.arrays["CHEAP_forces"].ravel() for a in test])
-    return (f"zero-force predictor F MAE {1e3 * np.abs(ref).mean():.1f} meV/Å; cheap method alone F MAE "
-            f"{1e3 * np.abs(cheap - ref).mean():.1f} meV/Å ({len(test)} test structures)")
+    return (
+        f"zero-force predictor F MAE {1e3 * np.abs(ref).mean():.1f} meV/Å; cheap method alone F MAE "
+        f"{1e3 * np.abs(cheap - ref).mean():.1f} meV/Å ({len(test)} test structures)"
+    )
 
 
 def available(system: str) -> bool:
@@ -167,6 +169,8 @@ def available(system: str) -> bool:
 
 
 def describe() -> str:
-    return (f"Cu: EMT Langevin MD of a 32-atom cell and a 31-atom vacancy cell at 300/600/900/1200 K "
-            f"(2 fs, every 10th step); ethanol: GFN2-xTB Langevin MD at 500 K (0.5 fs, every 10th step); "
-            f"water: shipped MP2 set. Test sets of up to {N_TEST} structures, disjoint from training")
+    return (
+        f"Cu: EMT Langevin MD of a 32-atom cell and a 31-atom vacancy cell at 300/600/900/1200 K "
+        f"(2 fs, every 10th step); ethanol: GFN2-xTB Langevin MD at 500 K (0.5 fs, every 10th step); "
+        f"water: shipped MP2 set. Test sets of up to {N_TEST} structures, disjoint from training"
+    )

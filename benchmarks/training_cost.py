@@ -32,10 +32,15 @@ CONFIGS = {
     "energy + PITC only, k=½": {"energy": 1.0, "pitc": 1.0, "k": 0.5},
     "energy+forces + PITC+PISC, k=0": {"energy": 1.0, "forces": 10.0, "pitc": 1.0, "pisc": 0.01, "k": 0.0},
 }
-SYSTEMS = {"Cu fcc 32 (EMT-like cell)": lambda seed: cu_fcc((2, 2, 2), 0.1, seed),
-           "hexanol (21)": lambda seed: hexanol()}
-MODELS = {"PaiNN default": {"name": "painn"}, "PaiNN direct forces": {"name": "painn", "forces": "direct"},
-          "SchNet default": {"name": "schnet"}}
+SYSTEMS = {
+    "Cu fcc 32 (EMT-like cell)": lambda seed: cu_fcc((2, 2, 2), 0.1, seed),
+    "hexanol (21)": lambda seed: hexanol(),
+}
+MODELS = {
+    "PaiNN default": {"name": "painn"},
+    "PaiNN direct forces": {"name": "painn", "forces": "direct"},
+    "SchNet default": {"name": "schnet"},
+}
 
 
 def one(system: str, model: str, config: str, steps: int, batch_size: int) -> dict[str, float]:
@@ -72,7 +77,9 @@ def one(system: str, model: str, config: str, steps: int, batch_size: int) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="one system, one model, 3 steps")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -91,25 +98,46 @@ def main() -> None:
         for model in models:
             base = None
             for config in CONFIGS:
-                cmd = [sys.executable, __file__, "--one", system, model, config, "--steps", str(steps),
-                       "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    system,
+                    model,
+                    config,
+                    "--steps",
+                    str(steps),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--threads",
+                    str(args.threads),
+                ]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 r = json.loads(out.split("JSON:")[1])
                 if config == "energy+forces":
                     base = r
                 rows.append((system, model, config, r))
-                print(f"{system} | {model} | {config}: {r['ms']:.1f} ms, peak {r['peak_mb']:.0f} MB", flush=True)
+                print(
+                    f"{system} | {model} | {config}: {r['ms']:.1f} ms, peak {r['peak_mb']:.0f} MB", flush=True
+                )
             for row in rows:
                 if row[0] == system and row[1] == model:
                     row[3]["ratio"] = row[3]["ms"] / base["ms"]
-    lines = ["# Training cost per step: plain vs PIWSL", "",
-             f"Machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads, CPU; batch of "
-             f"{args.batch_size} structures; median of {steps} steps after 2 warm-up steps; every configuration "
-             "in its own process (peak RSS = the whole process, data and model included). Ratio is to the "
-             "energy+forces step of the same model and system. Default model sizes, cutoff 5 Å, float64.", "",
-             "| system | model | loss | ms/step | × energy+forces | peak RSS MB |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Training cost per step: plain vs PIWSL",
+        "",
+        f"Machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads, CPU; batch of "
+        f"{args.batch_size} structures; median of {steps} steps after 2 warm-up steps; every configuration "
+        "in its own process (peak RSS = the whole process, data and model included). Ratio is to the "
+        "energy+forces step of the same model and system. Default model sizes, cutoff 5 Å, float64.",
+        "",
+        "| system | model | loss | ms/step | × energy+forces | peak RSS MB |",
+        "|---|---|---|---|---|---|",
+    ]
     for system, model, config, r in rows:
-        lines.append(f"| {system} | {model} | {config} | {r['ms']:.1f} | {r['ratio']:.2f} | {r['peak_mb']:.0f} |")
+        lines.append(
+            f"| {system} | {model} | {config} | {r['ms']:.1f} | {r['ratio']:.2f} | {r['peak_mb']:.0f} |"
+        )
     table = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "training_cost.md").write_text(table)

@@ -85,7 +85,11 @@ class PIMLIPCalculator(Calculator):
         nl = self.neighbors.get(positions, atoms.numbers, cell, pbc)
         n, dev, dt = len(atoms), self.device, self.dtype
         if self._edges[0] is not nl:  # a rebuilt list: convert once, reuse while the skin holds
-            self._edges = (nl, torch.as_tensor(nl[0], device=dev), torch.as_tensor(nl[1], dtype=dt, device=dev))
+            self._edges = (
+                nl,
+                torch.as_tensor(nl[0], device=dev),
+                torch.as_tensor(nl[1], dtype=dt, device=dev),
+            )
         edge_index, shifts = self._edges[1], self._edges[2]
         empty_b, empty_n = torch.zeros(1, dtype=dt, device=dev), torch.zeros(n, dtype=torch.bool, device=dev)
         return Graph(

@@ -78,7 +78,10 @@ def test_md_and_phonons_print_a_verdict(trained_cu_model, tmp_path, capsys):
     plot = ["--plot", str(tmp_path / "md.png")]
     assert main(["md", "--model", model, model, "--structure", spec, *short, *plot]) == 0
     out = capsys.readouterr().out
-    assert "NVT pass: 0.02 ps at 300 K (bonds within 0.5 Å): stable" in out and (tmp_path / "md.png").stat().st_size > 0
+    assert (
+        "NVT pass: 0.02 ps at 300 K (bonds within 0.5 Å): stable" in out
+        and (tmp_path / "md.png").stat().st_size > 0
+    )
     nve = ["--ensemble", "nve", "--max-drift", "1e6"]
     assert main(["md", "--model", model, "--structure", spec, *nve, *short]) == 0
     assert "NVE pass: drift" in capsys.readouterr().out
