@@ -149,7 +149,7 @@ def measure(which: str, names: list[str], repeats: int) -> dict:
             if key not in out:
                 reps, warmup = (max(2, repeats // 8), 1) if big else (repeats, 2)
                 out[key] = fn(SPEED_SYSTEMS[name](), dtype, reps, warmup)
-                PARTIAL.parent.mkdir(exist_ok=True)
+                PARTIAL.parent.mkdir(parents=True, exist_ok=True)
                 PARTIAL.write_text(json.dumps(saved))
             print(f"  {which:5s} {name:14s} {str(dtype)[6:]}: {out[key]}", flush=True)
     return out
@@ -173,6 +173,8 @@ def mace_results(args, names) -> dict | None:
         str(args.repeats),
         "--threads",
         str(args.threads),
+        "--results",
+        str(args.results),
     ] + (["--quick"] if args.quick else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -238,6 +240,7 @@ def plot(results: dict, mace_res: dict | None, names: list[str], path: Path) -> 
 
 
 def main() -> None:
+    global RESULTS, PARTIAL
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -246,7 +249,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--mace-python", help="python of a venv with mace-torch, if not this one")
     parser.add_argument("--only-mace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="folder for the tables (default: %(default)s)"
+    )
     args = parser.parse_args()
+    RESULTS, PARTIAL = args.results, args.results / "work" / "calculator_speed_partial.json"
     torch.set_num_threads(args.threads)
     names = list(SPEED_SYSTEMS)[:2] if args.quick else list(SPEED_SYSTEMS)
     if args.only_mace:
@@ -255,7 +262,7 @@ def main() -> None:
     results = measure("ours", names, args.repeats)
     mace_res = mace_results(args, names)
     table = write_table(results, mace_res, names, args.threads)
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "calculator_speed.md").write_text(table)
     PARTIAL.unlink(missing_ok=True)  # complete: the next run measures afresh
     plot(results, mace_res, names, RESULTS / "calculator_speed.png")

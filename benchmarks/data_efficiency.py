@@ -9,11 +9,12 @@ GFN1-xTB; ``water`` the shipped MP2-level set, cheap method GFN2-xTB (when the d
 Energy-only runs pick ε and the PIWSL weight by validation energy only (unless ``--no-tune``).
 
 Every finished run is appended to ``results/data_efficiency_runs.jsonl`` (a rerun skips it), so a
-killed benchmark resumes. Writes results/data_efficiency.md and .png.
+killed benchmark resumes. Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py --preset quick     # minutes: smoke test
-    python benchmarks/data_efficiency.py --preset mini      # ~30 min: Cu, N = 25/100, one seed
-    python benchmarks/data_efficiency.py --preset cpu       # about an hour on 2 cores
-    python benchmarks/data_efficiency.py --preset full      # the issue's full grid (many hours)
+    python benchmarks/data_efficiency.py --preset mini      # 55 min: Cu, N = 25/100, one seed, 60 epochs
+    python benchmarks/data_efficiency.py --preset mini-n25  # ~30 min: its N = 25, 200 epochs, lr 5e-3
+    python benchmarks/data_efficiency.py --preset cpu       # Cu + ethanol, 2 seeds, 4 models: many hours
+    python benchmarks/data_efficiency.py --preset full      # the issue's full grid (days on 2 cores)
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ PRESETS = {
         "seeds": [0],
         "systems": ["cu"],
         "epochs": 60,
+        "n_test": 300,
+        "tune": False,
+        "models": ["painn", "mace"],
+        "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "Δ E", "finetune E"],
+    },
+    # the mini preset's N = 25 runs again with a budget that trains our models to convergence
+    "mini-n25": {
+        "sizes": [25],
+        "pool_sizes": [25, 100],  # the same data (test set, pretraining set, pool) as "mini"
+        "seeds": [0],
+        "systems": ["cu"],
+        "epochs": 200,
+        "lr": 5e-3,
         "n_test": 300,
         "tune": False,
         "models": ["painn", "mace"],
@@ -133,6 +147,7 @@ MACE_ARGS = {
     "eval_interval": "1",
     "valid_fraction": "0.2",
 }
+LR = 2e-3  # our models' learning rate; a preset may set its own ("lr")
 PEER_METHODS = ("E", "E+F")  # MACE has no PITC/PISC, Δ or fine-tuning column here
 PIWSL_GRID = [(0.02, 0.1), (0.05, 0.1), (0.05, 1.0)]  # (ε Å, w_PITC); w_PISC = w_PITC / 100
 
@@ -144,19 +159,25 @@ def loss_for(method: str, eps: float = 0.05, w: float = 1.0) -> dict:
     return loss
 
 
+def run_dir(system, model, method, n, seed, epochs, eps=0.05, w=1.0) -> Path:
+    """Working folder of one training run of ours (its checkpoints, model.pt and valid.json)."""
+    tag = f"{system}-{model}-{method}-{n}-{seed}-{eps}-{w}-{epochs}ep-lr{LR}"
+    return WORK / tag.replace(" ", "_").replace("½", "half")
+
+
 def fit(system, method, model, n, seed, epochs, eps=0.05, w=1.0, init_from=None, train_set=None):
     """Train one model; returns (TrainResult, seconds)."""
     structures = train_set if train_set is not None else edata.train_pool(system, n, seed)
     if method.startswith("Δ"):
         structures = edata.delta_labels(system, structures)
     mcfg = dict(MODELS[model])
-    tag = f"{system}-{model}-{method}-{n}-{seed}-{eps}-{w}-{epochs}ep".replace(" ", "_").replace("½", "half")
+    tag = run_dir(system, model, method, n, seed, epochs, eps, w).name
     cfg = {
         "model": {**mcfg, "cutoff": edata.CUTOFF[system]},
         "data": {"train": structures, "valid": 0.2},
         "loss": loss_for(method, eps, w),
         "optim": {
-            "lr": 2e-3,
+            "lr": LR,
             "batch_size": 8,
             "max_epochs": epochs,
             "patience": max(10, epochs // 5),
@@ -261,9 +282,7 @@ def run_one(system, method, model, n, seed, epochs, tune) -> dict:
         pre, _, _ = fit(
             system, "E+F", model, edata.N_PRETRAIN, seed, epochs, train_set=edata.cheap_pool(system, seed)
         )
-        init_from = str(
-            WORK / f"{system}-{model}-E+F-{edata.N_PRETRAIN}-{seed}-0.05-1.0-{epochs}ep" / "model.pt"
-        )
+        init_from = str(run_dir(system, model, "E+F", edata.N_PRETRAIN, seed, epochs) / "model.pt")
     grid = PIWSL_GRID if ("PIWSL" in method and tune and "E+F" not in method) else [(0.05, 1.0)]
     best = None
     for eps, w in grid:  # energy-only: choose by validation energy alone
@@ -304,7 +323,8 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
         "",
         f"Preset `{preset}` ({PRESETS[preset]['epochs']} epochs at most, seeds {PRESETS[preset]['seeds']}); "
         f"machine {platform.machine()}, torch {torch.__version__}, {threads} threads, CPU. Models: {MODELS}. "
-        "Ours: AdamW lr 2e-3, batch 8, EMA 0.99, ReduceLROnPlateau, early stopping on validation loss "
+        f"Ours: AdamW lr {PRESETS[preset].get('lr', 2e-3)}, batch 8, EMA 0.99, ReduceLROnPlateau, "
+        "early stopping on validation loss "
         "(20 % of N held out for validation). MACE (`mace` rows, mace-torch's own trainer, energy-only and "
         f"energy+force): {MACE_ARGS}. Every column has the same epoch cap and early-stopping patience. "
         + (
@@ -363,20 +383,31 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    global RESULTS, RUNS, WORK, LR
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-tune", action="store_true", help="skip the (ε, w) grid for energy-only PIWSL")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="folder for the tables (default: %(default)s)"
+    )
     args = parser.parse_args()
+    RESULTS, RUNS, WORK = args.results, args.results / "data_efficiency_runs.jsonl", args.results / "work"
+    edata.WORK = WORK
     torch.set_num_threads(args.threads)
     p = PRESETS[args.preset]
     WORK.mkdir(parents=True, exist_ok=True)
     edata.N_TEST = p["n_test"]
-    edata.N_PRETRAIN = min(edata.N_PRETRAIN, 2 * max(p["sizes"]))
-    edata.POOL = edata.N_TEST + edata.N_PRETRAIN + int(1.25 * max(p["sizes"])) + 10
-    done = {(r["system"], r["method"], r["model"], r["n"], r["seed"], r.get("epochs")) for r in load_runs()}
+    largest = max(p.get("pool_sizes", p["sizes"]))
+    edata.N_PRETRAIN = min(edata.N_PRETRAIN, 2 * largest)
+    edata.POOL = edata.N_TEST + edata.N_PRETRAIN + int(1.25 * largest) + 10
+    LR = p.get("lr", LR)
+    done = {
+        (r["system"], r["method"], r["model"], r["n"], r["seed"], r.get("epochs"), r.get("lr", 2e-3))
+        for r in load_runs()
+    }
     for system in p["systems"]:
         if not edata.available(system):
             print(f"skipping {system}: {edata.available.reason}")
@@ -385,23 +416,26 @@ def main() -> None:
             for seed in p["seeds"]:
                 for model in p["models"]:
                     for method in p["methods"]:
-                        if (system, method, model, n, seed, p["epochs"]) in done:
+                        if (system, method, model, n, seed, p["epochs"], LR) in done:
                             continue
                         if model == "mace" and method not in PEER_METHODS:
                             continue
                         tune = p.get("tune", True) and not args.no_tune
-                        row = run_one(system, method, model, n, seed, p["epochs"], tune)
+                        row = {**run_one(system, method, model, n, seed, p["epochs"], tune), "lr": LR}
                         with RUNS.open("a") as fh:
                             fh.write(json.dumps(row) + "\n")
                         print(json.dumps(row), flush=True)
     runs = [
         r
         for r in load_runs()
-        if r["system"] in p["systems"] and r["n"] in p["sizes"] and r.get("epochs") == p["epochs"]
+        if r["system"] in p["systems"]
+        and r["n"] in p["sizes"]
+        and r.get("epochs") == p["epochs"]
+        and r.get("lr", 2e-3) == LR
     ]
     md = table(runs, args.preset, args.threads)
-    (RESULTS / "data_efficiency.md").write_text(md)
-    plot(runs, RESULTS / "data_efficiency.png")
+    (RESULTS / f"data_efficiency_{args.preset}.md").write_text(md)
+    plot(runs, RESULTS / f"data_efficiency_{args.preset}.png")
     print(md)
 
 

@@ -77,6 +77,7 @@ def one(system: str, model: str, config: str, steps: int, batch_size: int) -> di
 
 
 def main() -> None:
+    global RESULTS
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -85,7 +86,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="folder for the tables (default: %(default)s)"
+    )
     args = parser.parse_args()
+    RESULTS = args.results
     torch.set_num_threads(args.threads)
     if args.one:
         print("JSON:" + json.dumps(one(*args.one, args.steps, args.batch_size)))
@@ -139,7 +144,7 @@ def main() -> None:
             f"| {system} | {model} | {config} | {r['ms']:.1f} | {r['ratio']:.2f} | {r['peak_mb']:.0f} |"
         )
     table = "\n".join(lines) + "\n"
-    RESULTS.mkdir(exist_ok=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "training_cost.md").write_text(table)
     _plot(rows, RESULTS / "training_cost.png")
     print(table)

@@ -1,0 +1,69 @@
+"""Smoke tests of the benchmark scripts' quick modes, run as a user would (a subprocess), writing
+their tables to a temporary folder: every row is there and every number is finite."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args: str, results: Path) -> str:
+    cmd = [sys.executable, str(BENCH / name), *args, "--threads", "1", "--results", str(results)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def table_rows(text: str, first_cell: str) -> list[list[str]]:
+    return [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith(f"| {first_cell}")
+    ]
+
+
+def means(cells: list[str]) -> list[float]:
+    """The means of "mean ± std" cells."""
+    return [float(c.split("±")[0]) for c in cells]
+
+
+@pytest.mark.slow
+def test_calculator_speed_quick(tmp_path):
+    run_script("calculator_speed.py", "--quick", "--repeats", "3", results=tmp_path)
+    text = (tmp_path / "calculator_speed.md").read_text()
+    for system in ("hexanol (21)", "Cu fcc 108"):
+        rows = table_rows(text, system)
+        assert [r[1] for r in rows] == ["float32", "float64"]
+        for r in rows:
+            ms, per_atom = float(r[2]), float(r[3])
+            assert ms > 0 and per_atom > 0 and math.isfinite(float(r[4]))
+    assert (tmp_path / "calculator_speed.png").stat().st_size > 0
+    assert not (tmp_path / "work" / "calculator_speed_partial.json").exists()  # removed once complete
+
+
+@pytest.mark.slow
+def test_training_cost_quick(tmp_path):
+    run_script("training_cost.py", "--quick", "--batch-size", "2", results=tmp_path)
+    rows = table_rows((tmp_path / "training_cost.md").read_text(), "Cu fcc 32")
+    ratios = {r[2]: float(r[4]) for r in rows}
+    assert ratios["energy+forces"] == 1.0
+    # a PIWSL step evaluates more geometries than a plain one: it cannot be cheaper
+    assert ratios["energy + PITC+PISC, k=½"] > ratios["energy only"]
+    assert len(ratios) == 6 and all(math.isfinite(v) and v > 0 for v in ratios.values())
+
+
+@pytest.mark.slow
+def test_data_efficiency_quick(tmp_path):
+    run_script("data_efficiency.py", "--preset", "quick", results=tmp_path)
+    text = (tmp_path / "data_efficiency_quick.md").read_text()
+    rows = table_rows(text, "cu")
+    assert sorted(r[2] for r in rows) == ["E", "E+F", "E+PIWSL k=½"]
+    assert all(math.isfinite(v) and v > 0 for r in rows for v in means(r[5:]))
+    assert "zero-force predictor" in text
+    assert len((tmp_path / "data_efficiency_runs.jsonl").read_text().splitlines()) == 3
