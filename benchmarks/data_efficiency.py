@@ -262,21 +262,7 @@ def fit_mace(system, method, n, seed, epochs) -> tuple[dict, float, float]:
 def run_one(system, method, model, n, seed, epochs, tune) -> dict:
     if model == "mace":
         metrics, secs, val = fit_mace(system, method, n, seed, epochs)
-        return {
-            "system": system,
-            "method": method,
-            "model": model,
-            "n": n,
-            "seed": seed,
-            "epochs": epochs,
-            "eps": None,
-            "w": None,
-            "train_s": secs,
-            "test_energy_mae_meV_atom": 1e3 * metrics["energy_per_atom_mae"],
-            "test_forces_mae_meV_A": 1e3 * metrics["forces_mae"],
-            "test_forces_rmse_meV_A": 1e3 * metrics["forces_rmse"],
-            "valid_energy_mae_meV_atom": 1e3 * val,
-        }
+        return _row(system, method, model, n, seed, epochs, None, None, secs, metrics, val)
     init_from = None
     if method.startswith("finetune"):
         pre, _, _ = fit(
@@ -294,6 +280,11 @@ def run_one(system, method, model, n, seed, epochs, tune) -> dict:
     if method.startswith("Δ"):  # error of cheap + Δ_model against REF = error of Δ_model against REF − cheap
         test = edata.delta_labels(system, test)
     metrics = error_metrics(m, build_graphs(test, m.cutoff))
+    return _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, val["energy_per_atom_mae"])
+
+
+def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e) -> dict:
+    """One line of the runs file: the run's key, its settings and its errors (meV)."""
     return {
         "system": system,
         "method": method,
@@ -307,7 +298,7 @@ def run_one(system, method, model, n, seed, epochs, tune) -> dict:
         "test_energy_mae_meV_atom": 1e3 * metrics["energy_per_atom_mae"],
         "test_forces_mae_meV_A": 1e3 * metrics["forces_mae"],
         "test_forces_rmse_meV_A": 1e3 * metrics["forces_rmse"],
-        "valid_energy_mae_meV_atom": 1e3 * val["energy_per_atom_mae"],
+        "valid_energy_mae_meV_atom": 1e3 * valid_e,
     }
 
 
