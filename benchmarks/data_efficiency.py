@@ -66,19 +66,6 @@ PRESETS = {
         "models": ["painn", "mace"],
         "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "Δ E", "finetune E"],
     },
-    # the mini preset's N = 25 runs again with a budget that trains our models to convergence
-    "mini-n25": {
-        "sizes": [25],
-        "pool_sizes": [25, 100],  # the same data (test set, pretraining set, pool) as "mini"
-        "seeds": [0],
-        "systems": ["cu"],
-        "epochs": 200,
-        "lr": 5e-3,
-        "n_test": 300,
-        "tune": False,
-        "models": ["painn", "mace"],
-        "methods": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F", "Δ E", "finetune E"],
-    },
     "cpu": {
         "sizes": [25, 100],
         "seeds": [0, 1],
@@ -119,6 +106,9 @@ PRESETS = {
         ],
     },
 }
+# the mini preset's N = 25 again, on the same data (test set, pretraining set, pool: "pool_sizes"),
+# with a budget that trains our models to convergence
+PRESETS["mini-n25"] = {**PRESETS["mini"], "sizes": [25], "pool_sizes": [25, 100], "epochs": 200, "lr": 5e-3}
 #: Model sizes used here: small enough to train to early stopping on 2 CPU cores.
 MODELS = {
     "painn": {"name": "painn", "n_features": 32, "n_interactions": 3},
@@ -147,7 +137,8 @@ MACE_ARGS = {
     "eval_interval": "1",
     "valid_fraction": "0.2",
 }
-LR = 2e-3  # our models' learning rate; a preset may set its own ("lr")
+DEFAULT_LR = 2e-3  # our models' learning rate; a preset may set its own ("lr")
+LR = DEFAULT_LR
 PEER_METHODS = ("E", "E+F")  # MACE has no PITC/PISC, Δ or fine-tuning column here
 PIWSL_GRID = [(0.02, 0.1), (0.05, 0.1), (0.05, 1.0)]  # (ε Å, w_PITC); w_PISC = w_PITC / 100
 
@@ -314,7 +305,7 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
         "",
         f"Preset `{preset}` ({PRESETS[preset]['epochs']} epochs at most, seeds {PRESETS[preset]['seeds']}); "
         f"machine {platform.machine()}, torch {torch.__version__}, {threads} threads, CPU. Models: {MODELS}. "
-        f"Ours: AdamW lr {PRESETS[preset].get('lr', 2e-3)}, batch 8, EMA 0.99, ReduceLROnPlateau, "
+        f"Ours: AdamW lr {PRESETS[preset].get('lr', DEFAULT_LR)}, batch 8, EMA 0.99, ReduceLROnPlateau, "
         "early stopping on validation loss "
         "(20 % of N held out for validation). MACE (`mace` rows, mace-torch's own trainer, energy-only and "
         f"energy+force): {MACE_ARGS}. Every column has the same epoch cap and early-stopping patience. "
@@ -394,9 +385,9 @@ def main() -> None:
     largest = max(p.get("pool_sizes", p["sizes"]))
     edata.N_PRETRAIN = min(edata.N_PRETRAIN, 2 * largest)
     edata.POOL = edata.N_TEST + edata.N_PRETRAIN + int(1.25 * largest) + 10
-    LR = p.get("lr", LR)
+    LR = p.get("lr", DEFAULT_LR)
     done = {
-        (r["system"], r["method"], r["model"], r["n"], r["seed"], r.get("epochs"), r.get("lr", 2e-3))
+        (r["system"], r["method"], r["model"], r["n"], r["seed"], r.get("epochs"), r.get("lr", DEFAULT_LR))
         for r in load_runs()
     }
     for system in p["systems"]:
@@ -422,7 +413,7 @@ def main() -> None:
         if r["system"] in p["systems"]
         and r["n"] in p["sizes"]
         and r.get("epochs") == p["epochs"]
-        and r.get("lr", 2e-3) == LR
+        and r.get("lr", DEFAULT_LR) == LR
     ]
     md = table(runs, args.preset, args.threads)
     (RESULTS / f"data_efficiency_{args.preset}.md").write_text(md)
