@@ -106,6 +106,31 @@ PRESETS = {
         ],
     },
 }
+# the molecules (ethanol GFN2-xTB, shipped MP2 water) at N = 25 / 100 (water: its pool holds 75), one
+# seed, trained to convergence; energy-only PIWSL tuned by validation energy; NVT stable time of every
+# energy-only model; direct-force PaiNN without the Δ / fine-tuning routes (its head needs PIWSL to learn)
+PRESETS["mini-mol"] = {
+    "sizes": [25, 100],
+    "seeds": [0],
+    "systems": ["ethanol", "water"],
+    "epochs": 200,
+    "lr": 5e-3,
+    "n_test": 300,
+    "tune": True,
+    "models": ["painn", "painn-direct", "mace"],
+    "methods": [
+        "E",
+        "E+PIWSL k=0",
+        "E+PIWSL k=½",
+        "E+F",
+        "Δ E",
+        "Δ E+PIWSL k=½",
+        "finetune E",
+        "finetune E+PIWSL k=½",
+    ],
+    "model_methods": {"painn-direct": ["E", "E+PIWSL k=0", "E+PIWSL k=½", "E+F"]},
+    "nvt": {"temperature_K": 500.0, "duration_ps": 2.0, "timestep_fs": 0.5},
+}
 # the mini preset's N = 25 again, on the same data (test set, pretraining set, pool: "pool_sizes"),
 # with a budget that trains our models to convergence
 PRESETS["mini-n25"] = {**PRESETS["mini"], "sizes": [25], "pool_sizes": [25, 100], "epochs": 200, "lr": 5e-3}
@@ -191,9 +216,9 @@ def fit(system, method, model, n, seed, epochs, eps=0.05, w=1.0, init_from=None,
     return res.model, time.perf_counter() - t0, res.valid_metrics
 
 
-def fit_mace(system, method, n, seed, epochs) -> tuple[dict, float, float]:
+def fit_mace(system, method, n, seed, epochs):
     """Train MACE with its own CLI on the same N structures (energy-only: the forces are removed from
-    the file it reads); returns (test metrics, seconds, validation energy MAE eV/atom)."""
+    the file it reads); returns (ASE calculator, seconds, training-file energy MAE eV/atom)."""
     from mace.calculators import MACECalculator
 
     tag = f"{system}-mace-{method}-{n}-{seed}-{epochs}ep"
@@ -229,38 +254,57 @@ def fit_mace(system, method, n, seed, epochs) -> tuple[dict, float, float]:
             raise RuntimeError(f"MACE training failed ({tag}):\n{proc.stderr[-3000:]}")
         secs = time.perf_counter() - t0
     calc = MACECalculator(model_paths=str(model_file), device="cpu", default_dtype="float64")
-
-    def errors(frames):
-        e_err, f_err = [], []
-        for a in frames:
-            b = a.copy()
-            b.calc = calc
-            e_err.append((b.get_potential_energy() - a.info["REF_energy"]) / len(a))
-            if "REF_forces" in a.arrays:
-                f_err.append((b.get_forces() - a.arrays["REF_forces"]).ravel())
-        f = np.concatenate(f_err) if f_err else np.full(1, np.nan)
-        return {
-            "energy_per_atom_mae": float(np.mean(np.abs(e_err))),
-            "forces_mae": float(np.mean(np.abs(f))),
-            "forces_rmse": float(np.sqrt(np.mean(f**2))),
-        }
-
     # MACE's validation split is its own (valid_fraction 0.2 of the file); score the whole file's
     # energies as the energy-only user would see them — for the record only, nothing is tuned on it
-    return errors(edata.test_set(system)), secs, errors(structures)["energy_per_atom_mae"]
+    return calc, secs, calc_errors(calc, structures)["energy_per_atom_mae"]
 
 
-def run_one(system, method, model, n, seed, epochs, tune) -> dict:
+def calc_errors(calc, frames) -> dict[str, float]:
+    """Energy (eV/atom) and force (eV/Å) errors of an ASE calculator against REF labels."""
+    e_err, f_err = [], []
+    for a in frames:
+        b = a.copy()
+        b.calc = calc
+        e_err.append((b.get_potential_energy() - a.info["REF_energy"]) / len(a))
+        if "REF_forces" in a.arrays:
+            f_err.append((b.get_forces() - a.arrays["REF_forces"]).ravel())
+    f = np.concatenate(f_err) if f_err else np.full(1, np.nan)
+    return {
+        "energy_per_atom_mae": float(np.mean(np.abs(e_err))),
+        "forces_mae": float(np.mean(np.abs(f))),
+        "forces_rmse": float(np.sqrt(np.mean(f**2))),
+    }
+
+
+def nvt_stable_ps(system: str, calc, nvt: dict, seed: int) -> float:
+    """Langevin NVT from the first test structure until the workflow's bond criterion (0.5 Å) breaks;
+    returns the stable time in ps (the full duration when it never breaks)."""
+    from pimlip_ase.workflow.stability_md import nvt_stability
+
+    return nvt_stability(edata.test_set(system)[0], calc, seed=seed, progress=False, **nvt).stable_time_ps
+
+
+def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
+    """Train (and for energy-only PIWSL tune) one column; its row of test errors and, with ``nvt``
+    settings and an energy-only method, the NVT stable time."""
+    from pimlip_ase.calculator import PIMLIPCalculator
+    from pimlip_ase.workflow.delta import delta_calculator
+
+    energy_only = "E+F" not in method
     if model == "mace":
-        metrics, secs, val = fit_mace(system, method, n, seed, epochs)
-        return _row(system, method, model, n, seed, epochs, None, None, secs, metrics, val)
+        calc, secs, val = fit_mace(system, method, n, seed, epochs)
+        metrics = calc_errors(calc, edata.test_set(system))
+        row = _row(system, method, model, n, seed, epochs, None, None, secs, metrics, val)
+        if nvt and energy_only:
+            row["nvt_stable_ps"] = nvt_stable_ps(system, calc, nvt, seed)
+        return row
     init_from = None
     if method.startswith("finetune"):
         pre, _, _ = fit(
             system, "E+F", model, edata.N_PRETRAIN, seed, epochs, train_set=edata.cheap_pool(system, seed)
         )
         init_from = str(run_dir(system, model, "E+F", edata.N_PRETRAIN, seed, epochs) / "model.pt")
-    grid = PIWSL_GRID if ("PIWSL" in method and tune and "E+F" not in method) else [(0.05, 1.0)]
+    grid = PIWSL_GRID if ("PIWSL" in method and tune and energy_only) else [(0.05, 1.0)]
     best = None
     for eps, w in grid:  # energy-only: choose by validation energy alone
         m, secs, val = fit(system, method, model, n, seed, epochs, eps, w, init_from)
@@ -271,7 +315,12 @@ def run_one(system, method, model, n, seed, epochs, tune) -> dict:
     if method.startswith("Δ"):  # error of cheap + Δ_model against REF = error of Δ_model against REF − cheap
         test = edata.delta_labels(system, test)
     metrics = error_metrics(m, build_graphs(test, m.cutoff))
-    return _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, val["energy_per_atom_mae"])
+    row = _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, val["energy_per_atom_mae"])
+    if nvt and energy_only:
+        delta = method.startswith("Δ")
+        calc = delta_calculator(edata.cheap_calc(system), m) if delta else PIMLIPCalculator(m)
+        row["nvt_stable_ps"] = nvt_stable_ps(system, calc, nvt, seed)
+    return row
 
 
 def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e) -> dict:
@@ -300,6 +349,7 @@ def load_runs() -> list[dict]:
 
 
 def table(runs: list[dict], preset: str, threads: int) -> str:
+    nvt = PRESETS[preset].get("nvt")
     lines = [
         "# Data efficiency: test errors vs training-set size",
         "",
@@ -318,10 +368,18 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
         + "Δ E: energy-only training of the difference to the cheap method; finetune E: pretrain on "
         f"{edata.N_PRETRAIN} cheap-method energies+forces, then fine-tune on the N reference energies. "
         "Test sets: "
-        f"{edata.describe()}. Mean ± std over seeds.",
+        f"{edata.describe()}. Mean ± std over seeds."
+        + (
+            f" NVT: Langevin {nvt['duration_ps']} ps at {nvt['temperature_K']:.0f} K, "
+            f"{nvt['timestep_fs']} fs steps, from the first test structure, until a bond deviates by "
+            "> 0.5 Å (energy-only models)."
+            if nvt
+            else ""
+        ),
         "",
-        "| system | model | method | N | seeds | E MAE meV/atom | F MAE meV/Å | F RMSE meV/Å |",
-        "|---|---|---|---|---|---|---|---|",
+        "| system | model | method | N | seeds | E MAE meV/atom | F MAE meV/Å | F RMSE meV/Å | ε Å, w_PITC |"
+        + (" NVT stable ps |" if nvt else ""),
+        "|---|---|---|---|---|---|---|---|---|" + ("---|" if nvt else ""),
     ]
     keys = sorted({(r["system"], r["model"], r["method"], r["n"]) for r in runs})
     for system, model, method, n in keys:
@@ -332,9 +390,12 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
 
+        chosen = ", ".join(sorted({f"{r['eps']}, {r['w']}" for r in rs})) if "PIWSL" in method else ""
+        stable = [r["nvt_stable_ps"] for r in rs if "nvt_stable_ps" in r]
         lines.append(
             f"| {system} | {model} | {method} | {n} | {len(rs)} | {ms('test_energy_mae_meV_atom')} | "
-            f"{ms('test_forces_mae_meV_A')} | {ms('test_forces_rmse_meV_A')} |"
+            f"{ms('test_forces_mae_meV_A')} | {ms('test_forces_rmse_meV_A')} | {chosen} |"
+            + ((f" {ms('nvt_stable_ps')} |" if stable else " |") if nvt else "")
         )
     for system in sorted({r["system"] for r in runs}):
         lines.append(f"\nReference points for `{system}`: {edata.baselines(system)}")
@@ -395,15 +456,19 @@ def main() -> None:
             print(f"skipping {system}: {edata.available.reason}")
             continue
         for n in p["sizes"]:
+            if n > edata.n_available(system):
+                print(f"skipping {system} N = {n}: its pool holds {edata.n_available(system)} structures")
+                continue
             for seed in p["seeds"]:
                 for model in p["models"]:
-                    for method in p["methods"]:
+                    own = p.get("model_methods", {}).get(model, p["methods"])
+                    methods = PEER_METHODS if model == "mace" else own
+                    for method in [m for m in p["methods"] if m in methods]:
                         if (system, method, model, n, seed, p["epochs"], LR) in done:
                             continue
-                        if model == "mace" and method not in PEER_METHODS:
-                            continue
                         tune = p.get("tune", True) and not args.no_tune
-                        row = {**run_one(system, method, model, n, seed, p["epochs"], tune), "lr": LR}
+                        row = run_one(system, method, model, n, seed, p["epochs"], tune, p.get("nvt"))
+                        row["lr"] = LR
                         with RUNS.open("a") as fh:
                             fh.write(json.dumps(row) + "\n")
                         print(json.dumps(row), flush=True)

@@ -24,12 +24,13 @@ N_PRETRAIN = 200
 POOL = 2000  # set by data_efficiency.py to what the preset needs
 
 
-def _cheap_calc(system: str):
+def cheap_calc(system: str):
+    """The cheap method's ASE calculator: Morse for Cu, GFN1-xTB for ethanol, GFN2-xTB for water."""
     if system == "cu":  # Girifalco–Weizer Morse parameters for Cu (ε eV, r0 Å, ρ0 = α r0)
         return MorsePotential(epsilon=0.3429, r0=2.866, rho0=1.3588 * 2.866, rcut1=5.0, rcut2=6.0)
     from tblite.ase import TBLite
 
-    return TBLite(method="GFN1-xTB", verbosity=0)
+    return TBLite(method="GFN2-xTB" if system == "water" else "GFN1-xTB", verbosity=0)
 
 
 def _ref_calc(system: str):
@@ -81,7 +82,7 @@ def _build_pool(system: str) -> list:
         pool += _md_snapshots(start, system, temp, per_run, seed=k)
     for atoms in pool:
         _label(atoms, _ref_calc(system), "REF")
-        _label(atoms, _cheap_calc(system), "CHEAP")
+        _label(atoms, cheap_calc(system), "CHEAP")
     rng = np.random.default_rng(12345)
     return [pool[i] for i in rng.permutation(len(pool))]
 
@@ -122,6 +123,11 @@ def cheap_pool(system: str, seed: int) -> list:
         b.info["REF_energy"], b.arrays["REF_forces"] = a.info["CHEAP_energy"], a.arrays["CHEAP_forces"]
         out.append(b)
     return out
+
+
+def n_available(system: str) -> int:
+    """How many training structures the system's pool holds (after test and pretraining sets)."""
+    return len(_splits(system)[2])
 
 
 def train_pool(system: str, n: int, seed: int) -> list:

@@ -66,6 +66,20 @@ def test_neighbour_list_reuse_matches_a_fresh_list(cu):
     np.testing.assert_allclose(reused, fresh, atol=1e-12)
 
 
+def test_one_calculator_serves_structures_of_other_species_and_sizes(cu):
+    """The tensors the calculator keeps between calls (species, labels, neighbour list) follow the
+    structure: swapping atoms, changing size, then going back matches a fresh calculator each time."""
+    calc = PIMLIPCalculator(_model(0, species=("H", "Cu")))
+    swapped = cu.copy()
+    swapped.numbers[:4] = 1
+    smaller = cu[:-3]
+    for atoms in (cu, swapped, smaller, cu):
+        fresh = PIMLIPCalculator(_model(0, species=("H", "Cu")))
+        for prop in ("energy", "forces", "stress"):
+            expected = fresh.get_property(prop, atoms)
+            np.testing.assert_allclose(calc.get_property(prop, atoms), expected, atol=1e-12)
+
+
 def test_committee_mean_and_spread(cu):
     m1, m2 = _model(1), _model(2)
     single = [PIMLIPCalculator(m).get_property("forces", cu) for m in (m1, m2)]
