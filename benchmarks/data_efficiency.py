@@ -55,6 +55,7 @@ PRESETS = {
         "tune": False,
         "models": ["painn"],
         "methods": ["E", "E+PIWSL k=½", "E+F"],
+        "nvt": {"temperature_K": 300.0, "duration_ps": 0.05, "timestep_fs": 1.0},
     },
     "mini": {
         "sizes": [25, 100],
@@ -162,6 +163,9 @@ MACE_ARGS = {
     "eval_interval": "1",
     "valid_fraction": "0.2",
 }
+#: Our trainer's version in run keys and folders: rows of an older trainer stay in the runs file for
+#: the record but are neither reused nor tabulated ("ema-warmup": EMA decay warm-up, 2026-11-30).
+TRAINER = "ema-warmup"
 DEFAULT_LR = 2e-3  # our models' learning rate; a preset may set its own ("lr")
 LR = DEFAULT_LR
 PEER_METHODS = ("E", "E+F")  # MACE has no PITC/PISC, Δ or fine-tuning column here
@@ -177,7 +181,7 @@ def loss_for(method: str, eps: float = 0.05, w: float = 1.0) -> dict:
 
 def run_dir(system, model, method, n, seed, epochs, eps=0.05, w=1.0) -> Path:
     """Working folder of one training run of ours (its checkpoints, model.pt and valid.json)."""
-    tag = f"{system}-{model}-{method}-{n}-{seed}-{eps}-{w}-{epochs}ep-lr{LR}"
+    tag = f"{system}-{model}-{method}-{n}-{seed}-{eps}-{w}-{epochs}ep-lr{LR}-{TRAINER}"
     return WORK / tag.replace(" ", "_").replace("½", "half")
 
 
@@ -327,6 +331,7 @@ def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e)
     """One line of the runs file: the run's key, its settings and its errors (meV)."""
     return {
         "system": system,
+        "trainer": TRAINER,
         "method": method,
         "model": model,
         "n": n,
@@ -433,6 +438,7 @@ def main() -> None:
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-tune", action="store_true", help="skip the (ε, w) grid for energy-only PIWSL")
+    parser.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
     parser.add_argument(
         "--results", type=Path, default=RESULTS, help="folder for the tables (default: %(default)s)"
     )
@@ -450,8 +456,9 @@ def main() -> None:
     done = {
         (r["system"], r["method"], r["model"], r["n"], r["seed"], r.get("epochs"), r.get("lr", DEFAULT_LR))
         for r in load_runs()
+        if r.get("trainer") == TRAINER
     }
-    for system in p["systems"]:
+    for system in [] if args.table_only else p["systems"]:
         if not edata.available(system):
             print(f"skipping {system}: {edata.available.reason}")
             continue
@@ -476,6 +483,7 @@ def main() -> None:
         r
         for r in load_runs()
         if r["system"] in p["systems"]
+        and r.get("trainer") == TRAINER
         and r["n"] in p["sizes"]
         and r.get("epochs") == p["epochs"]
         and r.get("lr", DEFAULT_LR) == LR

@@ -1,9 +1,10 @@
 """Training: config dataclasses, the loop, checkpoints and resume.
 
 ``train(config)`` reads a YAML file or dict (see ``TrainConfig``), fits E0 and the output scale on the
-training energies, then runs AdamW with an exponential moving average (EMA) of the weights,
-ReduceLROnPlateau on the validation loss, gradient clipping and early stopping. Validation uses the
-EMA weights and only the supervised terms (the PIWSL terms are regularisers, not targets). After
+training energies, then runs AdamW with an exponential moving average (EMA) of the weights (decay
+min(ema, (1 + t)/(10 + t)) at update t, so that a small data set's few steps are not swamped by the
+initial weights), ReduceLROnPlateau on the validation loss, gradient clipping and early stopping.
+Validation uses the EMA weights and only the supervised terms (PIWSL terms are regularisers). After
 every epoch ``checkpoints/last.pt`` is written atomically (and ``best.pt`` when validation improved);
 ``resume=True`` continues from ``last.pt`` with the RNG state restored, so a killed run ends where an
 uninterrupted one would. Outputs: ``model.pt``, ``metrics.csv``, ``train.log``, ``checkpoints/``.
@@ -26,7 +27,7 @@ import ase
 import numpy as np
 import torch
 import yaml
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from .data import (
@@ -296,6 +297,21 @@ class _MetricsCSV:
             csv.DictWriter(fh, self.columns, extrasaction="ignore").writerow(row)
 
 
+def ema_update(decay: float):
+    """EMA step for ``AveragedModel``: W_ema ← d W_ema + (1 − d) W with d = min(decay, (1+t)/(10+t))
+    at the t-th update. Without the warm-up a fixed 0.99 keeps ~30 % of the random initial weights
+    after 120 steps — all a 25-structure set gets in 40 epochs — and early stopping then keeps them."""
+    if not 0.0 <= decay <= 1.0:
+        raise ConfigError(f"optim.ema must be in [0, 1], got {decay}")
+
+    @torch.no_grad()
+    def update(ema_params: list[torch.Tensor], params: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        t = float(n_averaged)
+        torch._foreach_lerp_(ema_params, params, 1.0 - min(decay, (1.0 + t) / (10.0 + t)))
+
+    return update
+
+
 def _train_epoch(model, ema, opt, loss_fn, graphs, cfg: TrainConfig, gen) -> dict[str, float]:
     model.train()
     sums: dict[str, float] = {}
@@ -365,7 +381,7 @@ def _run(cfg: TrainConfig, out: Path, ckdir: Path, resume: bool) -> TrainResult:
             "the forces; check forces on a labelled set before trusting them"
         )
 
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.optim.ema), use_buffers=False)
+    ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.optim.ema), use_buffers=False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=cfg.optim.lr_factor, patience=cfg.optim.lr_patience, min_lr=cfg.optim.min_lr

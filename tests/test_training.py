@@ -18,7 +18,7 @@ import yaml
 from pimlip_ase import PIMLIPCalculator, load_model, train
 from pimlip_ase.data import build_graphs
 from pimlip_ase.errors import ConfigError, MissingLabelError, UnknownElementError
-from pimlip_ase.training import load_config, refit_reference_energies
+from pimlip_ase.training import ema_update, load_config, refit_reference_energies
 
 TINY_MODEL = {"name": "painn", "cutoff": 3.0, "n_features": 8, "n_interactions": 1}
 
@@ -152,3 +152,23 @@ def test_fine_tuning_refits_reference_energies(cu_dataset, tmp_path):
     cfg["init_from"] = str(base.model_path)
     with pytest.raises(UnknownElementError, match="Ni"):
         train(cfg)
+
+
+def test_ema_warms_up_so_early_updates_follow_the_model():
+    """The EMA decay is min(ema, (1+t)/(10+t)) at update t: the second update (t = 1) keeps only
+    2/11 of the average, while late updates keep the configured 0.99."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_update(0.99), use_buffers=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+        ema.update_parameters(model)  # t = 0: a copy
+        model.weight.fill_(1.0)
+        ema.update_parameters(model)  # t = 1: d = 2/11
+        assert float(ema.module.weight) == pytest.approx(9 / 11)
+        for _ in range(2000):  # d reaches 0.99 at t = 890
+            ema.update_parameters(model)
+        model.weight.fill_(2.0)
+        ema.update_parameters(model)
+    assert float(ema.module.weight) == pytest.approx(0.99 * 1.0 + 0.01 * 2.0)
+    with pytest.raises(ConfigError, match="ema"):
+        ema_update(1.5)
