@@ -360,8 +360,8 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
         "",
         f"Preset `{preset}` ({PRESETS[preset]['epochs']} epochs at most, seeds {PRESETS[preset]['seeds']}); "
         f"machine {platform.machine()}, torch {torch.__version__}, {threads} threads, CPU. Models: {MODELS}. "
-        f"Ours: AdamW lr {PRESETS[preset].get('lr', DEFAULT_LR)}, batch 8, EMA 0.99, ReduceLROnPlateau, "
-        "early stopping on validation loss "
+        f"Ours (trainer `{TRAINER}`): AdamW lr {PRESETS[preset].get('lr', DEFAULT_LR)}, batch 8, EMA 0.99 "
+        "(warm-up min(0.99, (1+t)/(10+t)) at update t), ReduceLROnPlateau, early stopping on validation loss "
         "(20 % of N held out for validation). MACE (`mace` rows, mace-torch's own trainer, energy-only and "
         f"energy+force): {MACE_ARGS}. Every column has the same epoch cap and early-stopping patience. "
         + (
@@ -390,17 +390,17 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
     for system, model, method, n in keys:
         rs = [r for r in runs if (r["system"], r["model"], r["method"], r["n"]) == (system, model, method, n)]
 
-        def ms(key, rs=rs):
-            vals = [r[key] for r in rs]
+        def ms(key, rs=rs, digits=1):
+            vals = [r[key] for r in rs if key in r]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
-            return f"{statistics.mean(vals):.1f} ± {sd:.1f}"
+            return f"{statistics.mean(vals):.{digits}f} ± {sd:.{digits}f}"
 
         chosen = ", ".join(sorted({f"{r['eps']}, {r['w']}" for r in rs})) if "PIWSL" in method else ""
         stable = [r["nvt_stable_ps"] for r in rs if "nvt_stable_ps" in r]
         lines.append(
             f"| {system} | {model} | {method} | {n} | {len(rs)} | {ms('test_energy_mae_meV_atom')} | "
             f"{ms('test_forces_mae_meV_A')} | {ms('test_forces_rmse_meV_A')} | {chosen} |"
-            + ((f" {ms('nvt_stable_ps')} |" if stable else " |") if nvt else "")
+            + ((f" {ms('nvt_stable_ps', digits=2)} |" if stable else " |") if nvt else "")
         )
     for system in sorted({r["system"] for r in runs}):
         lines.append(f"\nReference points for `{system}`: {edata.baselines(system)}")
@@ -416,11 +416,13 @@ def plot(runs: list[dict], path: Path) -> None:
     systems = sorted({r["system"] for r in runs})
     fig, axes = plt.subplots(1, len(systems), figsize=(6 * len(systems), 4.2), squeeze=False)
     for ax, system in zip(axes[0], systems, strict=True):
-        for model, method in sorted({(r["model"], r["method"]) for r in runs if r["system"] == system}):
+        columns = sorted({(r["model"], r["method"]) for r in runs if r["system"] == system})
+        for k, (model, method) in enumerate(columns):
             rs = [r for r in runs if (r["system"], r["model"], r["method"]) == (system, model, method)]
             ns = sorted({r["n"] for r in rs})
             ys = [statistics.mean(r["test_forces_mae_meV_A"] for r in rs if r["n"] == n) for n in ns]
-            ax.loglog(ns, ys, "o-" if "PIWSL" in method else "s--", label=f"{model}: {method}", ms=4)
+            style = "o-" if "PIWSL" in method else "s--"
+            ax.loglog(ns, ys, style, color=plt.cm.tab20(k % 20), label=f"{model}: {method}", ms=4)
         ax.set_title(system)
         ax.set_xlabel("training structures N")
         ax.set_ylabel("test force MAE (meV/Å)")
