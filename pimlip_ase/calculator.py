@@ -61,7 +61,6 @@ class PIMLIPCalculator(Calculator):
             raise ValueError(f"committee members have different species: {sorted(species)}")
         self.neighbors = CachedNeighborList(max(m.cutoff for m in self.models), skin)
         self._edges: tuple = (None, None, None)  # (list reused from the skin, its two tensors)
-        self._fixed: tuple = (None, {})  # (atomic numbers as bytes, the graph fields they fix)
         if any(not m.conservative for m in self.models):
             warnings.warn(
                 "this model predicts forces directly (forces='direct'): they are not the "
@@ -84,39 +83,30 @@ class PIMLIPCalculator(Calculator):
             raise InvalidStructureError(f"positions of atoms {bad} are NaN or inf; refusing to evaluate")
         cell, pbc = np.asarray(atoms.cell[:]), np.asarray(atoms.pbc, dtype=bool)
         nl = self.neighbors.get(positions, atoms.numbers, cell, pbc)
-        dev, dt = self.device, self.dtype
+        n, dev, dt = len(atoms), self.device, self.dtype
         if self._edges[0] is not nl:  # a rebuilt list: convert once, reuse while the skin holds
             self._edges = (
                 nl,
                 torch.as_tensor(nl[0], device=dev),
                 torch.as_tensor(nl[1], dtype=dt, device=dev),
             )
-        key = atoms.numbers.tobytes()
-        if self._fixed[0] != key:  # new species/order: rebuild the tensors that do not move
-            self._fixed = (key, self._fixed_tensors(atoms.numbers))
+        edge_index, shifts = self._edges[1], self._edges[2]
+        empty_b, empty_n = torch.zeros(1, dtype=dt, device=dev), torch.zeros(n, dtype=torch.bool, device=dev)
         return Graph(
             positions=torch.as_tensor(positions, dtype=dt, device=dev),
+            numbers=torch.as_tensor(atoms.numbers, dtype=torch.long, device=dev),
             cell=torch.as_tensor(cell, dtype=dt, device=dev).unsqueeze(0),
             pbc=torch.as_tensor(pbc, device=dev).unsqueeze(0),
-            edge_index=self._edges[1],
-            shifts=self._edges[2],
-            **self._fixed[1],
+            batch=torch.zeros(n, dtype=torch.long, device=dev),
+            edge_index=edge_index,
+            shifts=shifts,
+            energy=empty_b,
+            energy_mask=torch.zeros(1, dtype=torch.bool, device=dev),
+            forces=torch.zeros((n, 3), dtype=dt, device=dev),
+            forces_mask=empty_n,
+            stress=torch.zeros((1, 3, 3), dtype=dt, device=dev),
+            stress_mask=torch.zeros(1, dtype=torch.bool, device=dev),
         )
-
-    def _fixed_tensors(self, numbers: np.ndarray) -> dict[str, torch.Tensor]:
-        """Graph fields fixed by the atoms' species and count: numbers, batch and empty labels."""
-        n, dev, dt = len(numbers), self.device, self.dtype
-        no = torch.zeros(1, dtype=torch.bool, device=dev)
-        return {
-            "numbers": torch.as_tensor(numbers, dtype=torch.long, device=dev),
-            "batch": torch.zeros(n, dtype=torch.long, device=dev),
-            "energy": torch.zeros(1, dtype=dt, device=dev),
-            "energy_mask": no,
-            "forces": torch.zeros((n, 3), dtype=dt, device=dev),
-            "forces_mask": torch.zeros(n, dtype=torch.bool, device=dev),
-            "stress": torch.zeros((1, 3, 3), dtype=dt, device=dev),
-            "stress_mask": no,
-        }
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
