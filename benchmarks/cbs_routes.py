@@ -47,6 +47,7 @@ from ase.calculators.calculator import BaseCalculator
 
 from pimlip_ase import PIMLIPCalculator, load_model, train
 from pimlip_ase.datasets import load_dataset
+from pimlip_ase.evaluate import calculator_errors
 from pimlip_ase.keys import ENERGY, FORCES
 from pimlip_ase.workflow.delta import delta_calculator, subtract_labels
 
@@ -210,21 +211,6 @@ def xtb_calculator() -> BaseCalculator:
     return TBLite(method="GFN2-xTB", verbosity=0)
 
 
-def evaluate(calc: BaseCalculator, test: Sequence[Atoms], offset: float = 0.0) -> dict[str, float]:
-    """Energy MAE (eV/molecule, after adding ``offset`` eV) and force MAE (eV/Å, where labelled)."""
-    e_err, f_err = [], []
-    for ref in test:
-        atoms = Atoms(ref.numbers, ref.positions)
-        atoms.calc = calc
-        e_err.append(atoms.get_potential_energy() + offset - ref.info[ENERGY])
-        if FORCES in ref.arrays:
-            f_err.append((atoms.get_forces() - ref.arrays[FORCES]).ravel())
-    out = {"energy_mae": float(np.mean(np.abs(e_err)))}
-    if f_err:
-        out["forces_mae"] = float(np.mean(np.abs(np.concatenate(f_err))))
-    return out
-
-
 def model_calculator(route: str, model: Path) -> BaseCalculator:
     """The calculator a user would run for a route's model."""
     return delta_calculator(xtb_calculator(), model) if route == "Δ on xTB" else PIMLIPCalculator(model)
@@ -250,7 +236,7 @@ def route_runs(
     for label, loss in settings:
         tag = f"N{n}/seed{seed}/{target}-{route.split()[0]}-{label.replace(', ', '_')}"
         path, valid_mae, seconds = runner.fit(tag, train_set, valid_set, loss, seed, init_from)
-        metrics = evaluate(model_calculator(route, path), split.test[target])
+        metrics = calculator_errors(model_calculator(route, path), split.test[target])
         rows.append(
             {
                 "target": target,
@@ -281,7 +267,7 @@ def references(runner: Runner, split: Split, n: int, seed: int, pretrained: Path
             "piwsl": "off",
             "valid_energy_mae": valid_mae,
             "train_s": seconds,
-            **evaluate(PIMLIPCalculator(path), split.test["mp2"]),
+            **calculator_errors(PIMLIPCalculator(path), split.test["mp2"]),
         }
     ]
     for target in TARGETS:
@@ -300,10 +286,10 @@ def references(runner: Runner, split: Split, n: int, seed: int, pretrained: Path
                 "n": n,
                 "seed": seed,
                 "piwsl": "off",
-                **evaluate(xtb_calculator(), split.test[target], offset),
+                **calculator_errors(xtb_calculator(), split.test[target], offset),
             }
         )
-    forces = evaluate(PIMLIPCalculator(pretrained), split.test["mp2"])["forces_mae"]
+    forces = calculator_errors(PIMLIPCalculator(pretrained), split.test["mp2"])["forces_mae"]
     rows.append(
         {
             "target": "mp2",

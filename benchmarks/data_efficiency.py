@@ -29,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from ase.io import write
 
@@ -38,7 +37,7 @@ import efficiency_data as edata  # noqa: E402
 
 from pimlip_ase import train  # noqa: E402
 from pimlip_ase.data import build_graphs  # noqa: E402
-from pimlip_ase.evaluate import error_metrics  # noqa: E402
+from pimlip_ase.evaluate import calculator_errors, error_metrics  # noqa: E402
 from pimlip_ase.modelfile import load_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -250,24 +249,7 @@ def fit_mace(system, method, n, seed, epochs):
     calc = MACECalculator(model_paths=str(model_file), device="cpu", default_dtype="float64")
     # MACE's validation split is its own (valid_fraction 0.2 of the file); score the whole file's
     # energies as the energy-only user would see them — for the record only, nothing is tuned on it
-    return calc, secs, calc_errors(calc, structures)["energy_per_atom_mae"]
-
-
-def calc_errors(calc, frames) -> dict[str, float]:
-    """Energy (eV/atom) and force (eV/Å) errors of an ASE calculator against REF labels."""
-    e_err, f_err = [], []
-    for a in frames:
-        b = a.copy()
-        b.calc = calc
-        e_err.append((b.get_potential_energy() - a.info["REF_energy"]) / len(a))
-        if "REF_forces" in a.arrays:
-            f_err.append((b.get_forces() - a.arrays["REF_forces"]).ravel())
-    f = np.concatenate(f_err) if f_err else np.full(1, np.nan)
-    return {
-        "energy_per_atom_mae": float(np.mean(np.abs(e_err))),
-        "forces_mae": float(np.mean(np.abs(f))),
-        "forces_rmse": float(np.sqrt(np.mean(f**2))),
-    }
+    return calc, secs, calculator_errors(calc, structures)["energy_per_atom_mae"]
 
 
 def nvt_stable_ps(system: str, calc, nvt: dict, seed: int) -> float:
@@ -287,7 +269,7 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
     energy_only = "E+F" not in method
     if model == "mace":
         calc, secs, val = fit_mace(system, method, n, seed, epochs)
-        metrics = calc_errors(calc, edata.test_set(system))
+        metrics = calculator_errors(calc, edata.test_set(system))
         row = _row(system, method, model, n, seed, epochs, None, None, secs, metrics, val)
         if nvt and energy_only:
             row["nvt_stable_ps"] = nvt_stable_ps(system, calc, nvt, seed)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from ase import Atoms
+from ase.calculators.calculator import BaseCalculator
 
 from .data import Graph, iterate_batches
+from .keys import ENERGY, FORCES
 from .models import PotentialModel
 
 #: Metric names and units, in the order tables print them.
@@ -75,3 +79,28 @@ def error_metrics(model: PotentialModel, graphs: Sequence[Graph], batch_size: in
         if name != "energy_per_atom":
             result[f"n_{name}"] = err.numel() // count_div
     return result
+
+
+def calculator_errors(
+    calc: BaseCalculator, structures: Sequence[Atoms], offset: float = 0.0
+) -> dict[str, float]:
+    """Errors of any ASE calculator (a cheap method, a peer model, ours) against the ``REF_energy`` /
+    ``REF_forces`` labels: energy MAE per structure (eV, after adding ``offset`` eV to each predicted
+    energy) and per atom (eV/atom), and — when any structure has force labels — force MAE and RMSE per
+    component (eV/Å)."""
+    e_err, e_atom_err, f_err = [], [], []
+    for ref in structures:
+        atoms = ref.copy()
+        atoms.calc = calc
+        e_err.append(atoms.get_potential_energy() + offset - ref.info[ENERGY])
+        e_atom_err.append(e_err[-1] / len(ref))
+        if FORCES in ref.arrays:
+            f_err.append((atoms.get_forces() - ref.arrays[FORCES]).ravel())
+    out = {
+        "energy_mae": float(np.mean(np.abs(e_err))),
+        "energy_per_atom_mae": float(np.mean(np.abs(e_atom_err))),
+    }
+    if f_err:
+        f = np.concatenate(f_err)
+        out.update(forces_mae=float(np.mean(np.abs(f))), forces_rmse=float(np.sqrt(np.mean(f**2))))
+    return out

@@ -67,7 +67,7 @@ def test_neighbour_list_reuse_matches_a_fresh_list(cu):
 
 
 def test_one_calculator_serves_structures_of_other_species_and_sizes(cu):
-    """The tensors the calculator keeps between calls (species, labels, neighbour list) follow the
+    """What the calculator keeps between calls (the neighbour list and its tensors) follows the
     structure: swapping atoms, changing size, then going back matches a fresh calculator each time."""
     calc = PIMLIPCalculator(_model(0, species=("H", "Cu")))
     swapped = cu.copy()
