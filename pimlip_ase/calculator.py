@@ -18,6 +18,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from .allocator import keep_large_blocks_in_heap
 from .data import Graph
 from .errors import InvalidStructureError
 from .modelfile import load_model
@@ -54,6 +55,8 @@ class PIMLIPCalculator(Calculator):
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_large_blocks_in_heap()
         self.models = [self._load(m, dtype) for m in specs]
         self.dtype = self.models[0].dtype
         species = {tuple(m.species) for m in self.models}

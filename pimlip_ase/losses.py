@@ -12,6 +12,13 @@ conservative model r1(k=0) = ½ δ1ᵀ H δ1 + O(ε³) — a curvature penalty t
 potentials — while r1(k=½) = O(ε³) (trapezoid rule). Each residual is normalised like the energy term
 (per atom by default) and squared. The label-anchored PITC uses E_ref(A) (and F_ref(A) where it exists)
 in place of E(A), F(A).
+
+Only the work terms W(X, δ) = Σ_i δ_i · F_i(X) enter the residuals, and for a conservative model W is
+a directional derivative, −dE(X + tδ)/dt at t = 0. ``derivatives="finite_difference"`` takes it from
+one more energy at X + hδ (h = ``FD_STEP``) instead of from forces: energy-only passes replace the
+double backward through forces at A, B and C, which is what makes a PIWSL step cost less than two
+energy+force steps. ``"autograd"`` takes W from the model's forces; it is the only choice for
+direct-force heads (their F is not −∇E) and float32 models (round-off); ``"auto"`` picks for you.
 """
 
 from __future__ import annotations
@@ -24,6 +31,13 @@ from .data import Graph, collate
 from .errors import ConfigError
 from .perturb import DISTRIBUTIONS, zero_mean_displacements
 
+DERIVATIVES = ("auto", "finite_difference", "autograd")
+#: Finite-difference step as a fraction of the displacement δ. The one-sided error of W is ½h δᵀHδ,
+#: h times the k = 0 residual; at k = ½ the leading errors of the two ends cancel, leaving h · O(ε³),
+#: again ~h of that residual (the loss agrees with autograd to a few 1e-4). In float64 the round-off,
+#: ~1e-16 |E_i| / h per atom, stays orders of magnitude below.
+FD_STEP = 1e-4
+
 
 @dataclasses.dataclass
 class LossConfig:
@@ -34,6 +48,8 @@ class LossConfig:
     step; the default ½ (trapezoid) because k = 0 penalises curvature and softened the forces in our
     benchmark (benchmarks/results/cbs_routes.md), while k = ½ lowered force errors.
     pitc_anchor: "model" (E(A), F(A) predicted) or "label" (reference values at A).
+    derivatives: how the PIWSL work terms δ · F are taken: "finite_difference", "autograd" or "auto"
+    (finite differences for conservative float64 models, else autograd); see the module docstring.
     """
 
     energy: float = 1.0
@@ -47,6 +63,7 @@ class LossConfig:
     k: float = 0.5
     pitc_anchor: str = "model"
     energy_norm: str = "per_atom"
+    derivatives: str = "auto"
 
     def __post_init__(self) -> None:
         for name in ("energy", "forces", "stress", "pitc", "pisc", "epsilon"):
@@ -57,6 +74,7 @@ class LossConfig:
             "distribution": DISTRIBUTIONS,
             "pitc_anchor": ("model", "label"),
             "energy_norm": ("per_atom", "total"),
+            "derivatives": DERIVATIVES,
         }
         for name, options in checks.items():
             if getattr(self, name) not in options:
@@ -96,23 +114,25 @@ def stress_loss(pred: torch.Tensor, graph: Graph) -> torch.Tensor:
     return _masked_mean((err**2).mean(dim=(1, 2)), mask)
 
 
-def taylor_residual(
-    e_start: torch.Tensor,
-    f_start: torch.Tensor,
-    e_end: torch.Tensor,
-    f_end: torch.Tensor,
-    step: torch.Tensor,
-    batch: torch.Tensor,
-    k: float,
-) -> torch.Tensor:
-    """r = E_end − [E_start − Σ_i step_i · ((1−k) F_start,i + k F_end,i)] per structure.
+def work(forces: torch.Tensor, step: torch.Tensor, batch: torch.Tensor, n_structures: int) -> torch.Tensor:
+    """W = Σ_i step_i · F_i per structure (eV): forces and step (N, 3), batch (N,) -> (B,).
 
-    Shapes: energies (B,), forces and step (N, 3), batch (N,). Returns (B,) in eV. The sum over i
-    runs over each structure's own atoms (index_add by ``batch``).
+    The sum runs over each structure's own atoms (index_add by ``batch``), never over the batch.
     """
-    work = (step * ((1.0 - k) * f_start + k * f_end)).sum(dim=-1)  # (N,)
-    per_structure = torch.zeros_like(e_end).index_add(0, batch, work)  # (B,)
-    return e_end - (e_start - per_structure)
+    per_atom = (step * forces).sum(dim=-1)
+    return torch.zeros(n_structures, dtype=per_atom.dtype, device=per_atom.device).index_add(
+        0, batch, per_atom
+    )
+
+
+def taylor_residual(
+    e_start: torch.Tensor, w_start: torch.Tensor, e_end: torch.Tensor, w_end: torch.Tensor, k: float
+) -> torch.Tensor:
+    """r = E_end − [E_start − ((1−k) W_start + k W_end)] per structure (B,), eV.
+
+    W_X = Σ_i step_i · F_i(X) is the work term at either end of the step (see :func:`work`).
+    """
+    return e_end - (e_start - ((1.0 - k) * w_start + k * w_end))
 
 
 def _epsilon(graph: Graph, cfg: LossConfig) -> float | torch.Tensor:
@@ -130,8 +150,9 @@ def _epsilon(graph: Graph, cfg: LossConfig) -> float | torch.Tensor:
 class LossFunction:
     """Total loss for one batch: Σ weights · terms, returning (loss, {term: value}).
 
-    With PITC/PISC on, A, B and C are evaluated as one concatenated batch (one forward, one double
-    backward). Displacements come from ``generator`` so runs are reproducible and resumable.
+    With PITC/PISC on, the perturbed copies are evaluated as one concatenated batch: energy-only with
+    finite-difference work terms, or with forces and a double backward (``LossConfig.derivatives``).
+    Displacements come from ``generator`` so runs are reproducible and resumable.
     """
 
     def __init__(self, cfg: LossConfig) -> None:
@@ -151,9 +172,43 @@ class LossFunction:
         n, dtype = graph.n_structures, graph.positions.dtype
         d1 = zero_mean_displacements(graph.batch, n, _epsilon(graph, cfg), cfg.distribution, generator, dtype)
         d2 = zero_mean_displacements(graph.batch, n, _epsilon(graph, cfg), cfg.distribution, generator, dtype)
+        if self._finite_difference(model):
+            terms, ends = self._ends_by_finite_differences(model, graph, d1, d2)
+        else:
+            terms, ends = self._ends_by_autograd(model, graph, d1, d2)
+        if cfg.pitc > 0:
+            e_start, w_start = ends["E_A"], ends["W_A1"]
+            if cfg.pitc_anchor == "label":
+                e_start = torch.where(graph.energy_mask, graph.energy, e_start)
+                has_forces = (
+                    torch.zeros(n, dtype=dtype).index_add(0, graph.batch, graph.forces_mask.to(dtype)) > 0
+                )
+                w_start = torch.where(has_forces, work(graph.forces, d1, graph.batch, n), w_start)
+            r1 = taylor_residual(e_start, w_start, ends["E_C"], ends["W_C1"], cfg.k)
+            terms["pitc"] = (self._normalise(r1, graph) ** 2).mean()
+        if cfg.pisc > 0:
+            r2 = taylor_residual(ends["E_B"], ends["W_B3"], ends["E_C"], ends["W_C3"], cfg.k)
+            terms["pisc"] = (self._normalise(r2, graph) ** 2).mean()
+        return self._total(terms)
+
+    def _finite_difference(self, model: torch.nn.Module) -> bool:
+        """Whether the work terms come from energy differences (see ``LossConfig.derivatives``)."""
+        usable = model.conservative and model.dtype == torch.float64
+        if self.cfg.derivatives == "finite_difference" and not usable:
+            raise ConfigError(
+                "loss.derivatives='finite_difference' needs a conservative float64 model "
+                f"(this one: forces={model.forces_mode!r}, dtype={model.dtype}); use 'autograd' or 'auto'"
+            )
+        return self.cfg.derivatives != "autograd" and usable
+
+    def _ends_by_autograd(self, model, graph: Graph, d1: torch.Tensor, d2: torch.Tensor):
+        """Supervised terms and the energies/work terms at A, B, C, with W from the model's forces.
+
+        A, B (for PISC) and C (when k > 0) go through one concatenated forward with forces and their
+        double backward; with k = 0 the energy at C comes from a cheaper energy-only pass.
+        """
+        cfg, n, batch = self.cfg, graph.n_structures, graph.batch
         graph_c = graph.with_positions(graph.positions + d1, model.cutoff)
-        # Forces (and their double backward) only where a term uses them: A always, B for PISC, and C
-        # only when k > 0; with k = 0 the energy at C comes from a cheaper energy-only pass.
         with_forces = [graph] + (
             [graph.with_positions(graph.positions + d2, model.cutoff)] if cfg.pisc > 0 else []
         )
@@ -164,22 +219,63 @@ class LossFunction:
         forces = torch.split(out["forces"], graph.positions.shape[0])
         out_a = {key: value[:n] if key in ("energy", "stress") else value for key, value in out.items()}
         out_a["forces"] = forces[0]
-        terms = self._supervised(out_a, graph)
         if cfg.k > 0:
             e_c, f_c = energies[-1], forces[-1]
         else:
             e_c, f_c = model(graph_c, forces=False)["energy"], torch.zeros_like(forces[0])
-        if cfg.pitc > 0:
-            e_start, f_start = energies[0], forces[0]
-            if cfg.pitc_anchor == "label":
-                e_start = torch.where(graph.energy_mask, graph.energy, e_start)
-                f_start = torch.where(graph.forces_mask[:, None], graph.forces, f_start)
-            r1 = taylor_residual(e_start, f_start, e_c, f_c, d1, graph.batch, cfg.k)
-            terms["pitc"] = (self._normalise(r1, graph) ** 2).mean()
+        d3 = d1 - d2
+        ends = {"E_A": energies[0], "W_A1": work(forces[0], d1, batch, n), "E_C": e_c}
+        ends["W_C1"] = work(f_c, d1, batch, n)
         if cfg.pisc > 0:
-            r2 = taylor_residual(energies[1], forces[1], e_c, f_c, d1 - d2, graph.batch, cfg.k)
-            terms["pisc"] = (self._normalise(r2, graph) ** 2).mean()
-        return self._total(terms)
+            ends |= {
+                "E_B": energies[1],
+                "W_B3": work(forces[1], d3, batch, n),
+                "W_C3": work(f_c, d3, batch, n),
+            }
+        return self._supervised(out_a, graph), ends
+
+    def _ends_by_finite_differences(self, model, graph: Graph, d1: torch.Tensor, d2: torch.Tensor):
+        """Supervised terms and the energies/work terms at A, B, C, with W(X, δ) ≈ −[E(X + hδ) − E(X)]/h.
+
+        A is evaluated as the supervised terms need (forces only with a force loss, and then W at A is
+        taken from them). Every other point is one energy-only forward: C, A + hδ1, and for PISC B and
+        B + hδ3; with k > 0 also C − hδ1 (and C − hδ3). Differences are taken atom by atom before the
+        sum over the structure (float64 round-off ~1e-16 |E_i| / h: 1e-9 eV for |E_i| = 1 keV).
+        """
+        cfg, n, batch, h = self.cfg, graph.n_structures, graph.batch, FD_STEP
+        x, d3 = graph.positions, d1 - d2
+        out_a = model(graph, forces=cfg.forces > 0, stress=cfg.stress > 0, create_graph=True)
+        points = {"C": x + d1}
+        if cfg.pitc > 0 and "forces" not in out_a:
+            points["A+1"] = x + h * d1
+        if cfg.pisc > 0:
+            points |= {"B": x + d2, "B+3": x + d2 + h * d3}
+        if cfg.k > 0:
+            points["C-1"] = x + d1 - h * d1
+            if cfg.pisc > 0:
+                points["C-3"] = x + d1 - h * d3
+        # one forward per point: a single concatenated batch would make tensors large enough that
+        # every allocation is a fresh mmap (page faults cost more than the batching saves on CPU)
+        e = {
+            name: model(graph.with_positions(p, model.cutoff), forces=False)["energies"]
+            for name, p in points.items()
+        }
+        e["A"] = out_a["energies"]
+
+        def energy(name: str) -> torch.Tensor:
+            return torch.zeros(n, dtype=x.dtype, device=x.device).index_add(0, batch, e[name])
+
+        def slope(lo: str, hi: str) -> torch.Tensor:  # −[E(hi) − E(lo)] / h: W along the step
+            return -torch.zeros(n, dtype=x.dtype, device=x.device).index_add(0, batch, e[hi] - e[lo]) / h
+
+        ends = {"E_A": out_a["energy"], "E_C": energy("C")}
+        if cfg.pitc > 0:
+            ends["W_A1"] = work(out_a["forces"], d1, batch, n) if "forces" in out_a else slope("A", "A+1")
+        ends["W_C1"] = slope("C-1", "C") if cfg.k > 0 else torch.zeros_like(ends["E_C"])
+        if cfg.pisc > 0:
+            ends |= {"E_B": energy("B"), "W_B3": slope("B", "B+3")}
+            ends["W_C3"] = slope("C-3", "C") if cfg.k > 0 else torch.zeros_like(ends["E_C"])
+        return self._supervised(out_a, graph), ends
 
     def _supervised(self, out: dict[str, torch.Tensor], graph: Graph) -> dict[str, torch.Tensor]:
         terms = {"energy": energy_loss(out["energy"], graph, self.cfg.energy_norm == "per_atom")}

@@ -30,6 +30,7 @@ import yaml
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from .allocator import keep_large_blocks_in_heap
 from .data import (
     Graph,
     LabelKeys,
@@ -338,6 +339,7 @@ def _train_epoch(model, ema, opt, loss_fn, graphs, cfg: TrainConfig, gen) -> dic
 def train(config: str | Path | dict[str, Any] | TrainConfig, resume: bool = False) -> TrainResult:
     """Train a model from a config (YAML path, dict or TrainConfig); see the module docstring."""
     cfg = load_config(config)
+    keep_large_blocks_in_heap()
     out = Path(cfg.output)
     ckdir = out / "checkpoints"
     if not resume and (ckdir / "last.pt").exists():
