@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -31,7 +32,16 @@ CONFIGS = {
     "energy + PITC+PISC, k=½": {"energy": 1.0, "pitc": 1.0, "pisc": 0.01, "k": 0.5},
     "energy + PITC only, k=½": {"energy": 1.0, "pitc": 1.0, "k": 0.5},
     "energy+forces + PITC+PISC, k=0": {"energy": 1.0, "forces": 10.0, "pitc": 1.0, "pisc": 0.01, "k": 0.0},
+    "energy + PITC+PISC, k=0, δ·F by autograd": {
+        "energy": 1.0,
+        "pitc": 1.0,
+        "pisc": 0.01,
+        "k": 0.0,
+        "derivatives": "autograd",
+    },
 }
+#: Rows run with glibc's own allocator settings (PIMLIP_SYSTEM_MALLOC=1), as before allocator.py.
+SYSTEM_MALLOC = {"energy+forces, system malloc": "energy+forces"}
 SYSTEMS = {
     "Cu fcc 32 (EMT-like cell)": lambda seed: cu_fcc((2, 2, 2), 0.1, seed),
     "hexanol (21)": lambda seed: hexanol(),
@@ -46,8 +56,11 @@ MODELS = {
 def one(system: str, model: str, config: str, steps: int, batch_size: int) -> dict[str, float]:
     """Run in a subprocess: time `steps` optimiser steps; report ms/step and peak RSS (MB)."""
     from pimlip_ase import build_model
+    from pimlip_ase.allocator import keep_large_blocks_in_heap
     from pimlip_ase.data import build_graphs, collate
     from pimlip_ase.losses import LossConfig, LossFunction
+
+    keep_large_blocks_in_heap()  # as train() does; PIMLIP_SYSTEM_MALLOC=1 in the environment opts out
 
     structures = [SYSTEMS[system](seed) for seed in range(batch_size)]
     for a in structures:
@@ -59,7 +72,7 @@ def one(system: str, model: str, config: str, steps: int, batch_size: int) -> di
     torch.manual_seed(0)
     m = build_model(name, species=sorted(set(structures[0].get_chemical_symbols())), cutoff=5.0, **hp)
     batch = collate(build_graphs(structures, m.cutoff))
-    loss_fn = LossFunction(LossConfig(**CONFIGS[config]))
+    loss_fn = LossFunction(LossConfig(**CONFIGS[SYSTEM_MALLOC.get(config, config)]))
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -102,7 +115,7 @@ def main() -> None:
     for system in systems:
         for model in models:
             base = None
-            for config in CONFIGS:
+            for config in [*CONFIGS, *SYSTEM_MALLOC]:
                 cmd = [
                     sys.executable,
                     __file__,
@@ -117,7 +130,8 @@ def main() -> None:
                     "--threads",
                     str(args.threads),
                 ]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                env = {**os.environ, "PIMLIP_SYSTEM_MALLOC": "1" if config in SYSTEM_MALLOC else "0"}
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
                 r = json.loads(out.split("JSON:")[1])
                 if config == "energy+forces":
                     base = r
@@ -134,7 +148,10 @@ def main() -> None:
         f"Machine: {platform.machine()}, torch {torch.__version__}, {args.threads} threads, CPU; batch of "
         f"{args.batch_size} structures; median of {steps} steps after 2 warm-up steps; every configuration "
         "in its own process (peak RSS = the whole process, data and model included). Ratio is to the "
-        "energy+forces step of the same model and system. Default model sizes, cutoff 5 Å, float64.",
+        "energy+forces step of the same model and system. Default model sizes, cutoff 5 Å, float64. "
+        "PIWSL work terms δ·F by finite differences of energies (`derivatives='auto'`) unless a row says "
+        "autograd (direct-force heads always use their own forces). glibc keeps large buffers in the heap "
+        "(`pimlip_ase.allocator`, as `train()` does) except in the 'system malloc' rows.",
         "",
         "| system | model | loss | ms/step | × energy+forces | peak RSS MB |",
         "|---|---|---|---|---|---|",
@@ -157,7 +174,7 @@ def _plot(rows, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{s.split(' (')[0]} / {m}" for s, m, c, _ in rows if c == "energy only"]
-    configs = list(CONFIGS)
+    configs = [*CONFIGS, *SYSTEM_MALLOC]
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / len(configs)
     for k, config in enumerate(configs):
