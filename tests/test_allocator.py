@@ -38,7 +38,9 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _faults(mode: str, **env: str) -> tuple[str, int]:
-    env = {**os.environ, **env}
+    tuning = ("MALLOC_", "GLIBC_TUNABLES", "PIMLIP_")  # malloc settings of the outer environment
+    scrubbed = {k: v for k, v in os.environ.items() if not k.startswith(tuning)}
+    env = {**scrubbed, **env}
     cmd = [sys.executable, "-c", SCRIPT, mode]
     run = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     out = run.stdout.split()
@@ -56,3 +58,16 @@ def test_large_buffers_are_reused_without_page_faults():
 def test_environment_variable_leaves_the_allocator_alone():
     applied, _ = _faults("heap", PIMLIP_SYSTEM_MALLOC="1")
     assert applied == "False"
+
+
+def test_the_calculator_switches_it_on(tmp_path):
+    from ase.build import bulk
+
+    from pimlip_ase import PIMLIPCalculator, allocator, build_model
+
+    if os.environ.get("PIMLIP_SYSTEM_MALLOC", "") not in ("", "0"):
+        pytest.skip("PIMLIP_SYSTEM_MALLOC is set for this test session")
+    atoms = bulk("Cu", cubic=True)
+    atoms.calc = PIMLIPCalculator(build_model("schnet", species=["Cu"], cutoff=4.0, n_features=8))
+    atoms.get_potential_energy()
+    assert allocator._applied is True
