@@ -6,7 +6,8 @@ unmaps it on free, so each training step or MD step on a few hundred atoms page-
 energy+force step 2.6× slower (benchmarks/training_cost.py). With mmap off and a high trim
 threshold, freed buffers stay in the heap and are reused. The price is memory: the process keeps
 its peak heap (freed blocks below the top are not returned to the system), and the peak itself is
-higher (3.1 instead of 1.9 GB for that step).
+higher (3.1 instead of 1.9 GB for that step). A later large job in the same process has that much
+less free memory (MACE on 10,000 Cu atoms ran out of 24 GB after our model in one process).
 
 Called by :func:`pimlip_ase.train` and by :class:`pimlip_ase.PIMLIPCalculator` on CPU (so by every
 ``pimlip`` command that trains or runs a model).
