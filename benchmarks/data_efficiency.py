@@ -329,8 +329,9 @@ def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e)
     }
 
 
-def _key(r: dict) -> tuple:
-    return (r["system"], r.get("trainer"), r["method"], r["model"], r["n"], r["seed"], r.get("epochs"))
+def run_key(r: dict) -> tuple:
+    """What identifies a run of one trainer version: system, method, model, N, seed, epochs, lr."""
+    return (r["system"], r["method"], r["model"], r["n"], r["seed"], r.get("epochs"), r.get("lr", DEFAULT_LR))
 
 
 def load_runs() -> list[dict]:
@@ -338,7 +339,7 @@ def load_runs() -> list[dict]:
     if not RUNS.exists():
         return []
     rows = [json.loads(line) for line in RUNS.read_text().splitlines() if line.strip()]
-    return list({(*_key(r), r.get("lr", DEFAULT_LR)): r for r in rows}.values())
+    return list({(r.get("trainer"), *run_key(r)): r for r in rows}.values())
 
 
 def table(runs: list[dict], preset: str, threads: int) -> str:
@@ -366,7 +367,7 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
             f" NVT: Langevin {nvt['duration_ps']} ps at {nvt['temperature_K']:.0f} K, "
             f"{nvt['timestep_fs']} fs steps, from the first test structure, until a bond deviates by "
             "> 0.5 Å"
-            + (f" (averaged over over {nvt['bond_average_fs']:.0f} fs)" if nvt.get("bond_average_fs") else "")
+            + (f" (averaged over {nvt['bond_average_fs']:.0f} fs)" if nvt.get("bond_average_fs") else "")
             + " (energy-only models)."
             if nvt
             else ""
@@ -446,11 +447,7 @@ def main() -> None:
     edata.POOL = edata.N_TEST + edata.N_PRETRAIN + int(1.25 * largest) + 10
     LR = p.get("lr", DEFAULT_LR)
     needs_nvt = p.get("nvt") is not None
-    earlier = {
-        (r["system"], r["method"], r["model"], r["n"], r["seed"], r.get("epochs"), r.get("lr", DEFAULT_LR)): r
-        for r in load_runs()
-        if r.get("trainer") == TRAINER
-    }
+    earlier = {run_key(r): r for r in load_runs() if r.get("trainer") == TRAINER}
     # a run without the preset's NVT column is evaluated again (its trained model is reused)
     done = {k for k, r in earlier.items() if not needs_nvt or "E+F" in r["method"] or "nvt_stable_ps" in r}
     for system in [] if args.table_only else p["systems"]:
@@ -466,12 +463,12 @@ def main() -> None:
                     own = p.get("model_methods", {}).get(model, p["methods"])
                     methods = PEER_METHODS if model == "mace" else own
                     for method in [m for m in p["methods"] if m in methods]:
-                        if (system, method, model, n, seed, p["epochs"], LR) in done:
+                        key = (system, method, model, n, seed, p["epochs"], LR)  # as run_key
+                        if key in done:
                             continue
                         tune = p.get("tune", True) and not args.no_tune
                         row = run_one(system, method, model, n, seed, p["epochs"], tune, p.get("nvt"))
                         row["lr"] = LR
-                        key = (system, method, model, n, seed, p["epochs"], LR)
                         if key in earlier and row["train_s"] == 0.0:  # reused model: keep its training time
                             row["train_s"] = earlier[key]["train_s"]
                         with RUNS.open("a") as fh:

@@ -29,6 +29,7 @@ import torch
 
 from .data import Graph, collate
 from .errors import ConfigError
+from .models.base import scatter_sum
 from .perturb import DISTRIBUTIONS, zero_mean_displacements
 
 DERIVATIVES = ("auto", "finite_difference", "autograd")
@@ -119,10 +120,7 @@ def work(forces: torch.Tensor, step: torch.Tensor, batch: torch.Tensor, n_struct
 
     The sum runs over each structure's own atoms (index_add by ``batch``), never over the batch.
     """
-    per_atom = (step * forces).sum(dim=-1)
-    return torch.zeros(n_structures, dtype=per_atom.dtype, device=per_atom.device).index_add(
-        0, batch, per_atom
-    )
+    return scatter_sum((step * forces).sum(dim=-1), batch, n_structures)
 
 
 def taylor_residual(
@@ -180,8 +178,7 @@ class LossFunction:
             e_start, w_start = ends["E_A"], ends["W_A1"]
             if cfg.pitc_anchor == "label":
                 e_start = torch.where(graph.energy_mask, graph.energy, e_start)
-                labelled = torch.zeros(n, dtype=dtype, device=d1.device)
-                has_forces = labelled.index_add(0, graph.batch, graph.forces_mask.to(dtype)) > 0
+                has_forces = scatter_sum(graph.forces_mask.to(dtype), graph.batch, n) > 0
                 w_start = torch.where(has_forces, work(graph.forces, d1, graph.batch, n), w_start)
             r1 = taylor_residual(e_start, w_start, ends["E_C"], ends["W_C1"], cfg.k)
             terms["pitc"] = (self._normalise(r1, graph) ** 2).mean()
@@ -266,18 +263,15 @@ class LossFunction:
         }
         e["A"] = out_a["energies"]
 
-        def energy(name: str) -> torch.Tensor:
-            return torch.zeros(n, dtype=x.dtype, device=x.device).index_add(0, batch, e[name])
-
         def slope(lo: str, hi: str) -> torch.Tensor:  # −[E(hi) − E(lo)] / h: W along the step
-            return -torch.zeros(n, dtype=x.dtype, device=x.device).index_add(0, batch, e[hi] - e[lo]) / h
+            return -scatter_sum(e[hi] - e[lo], batch, n) / h
 
-        ends = {"E_A": out_a["energy"], "E_C": energy("C")}
+        ends = {"E_A": out_a["energy"], "E_C": scatter_sum(e["C"], batch, n)}
         if cfg.pitc > 0:
             ends["W_A1"] = work(out_a["forces"], d1, batch, n) if exact_a else slope("A", "A+1")
             ends["W_C1"] = slope("C-1", "C") if cfg.k > 0 else torch.zeros_like(ends["E_C"])
         if cfg.pisc > 0:
-            ends |= {"E_B": energy("B"), "W_B3": slope("B", "B+3")}
+            ends |= {"E_B": scatter_sum(e["B"], batch, n), "W_B3": slope("B", "B+3")}
             ends["W_C3"] = slope("C-3", "C") if cfg.k > 0 else torch.zeros_like(ends["E_C"])
         return self._supervised(out_a, graph), ends
 
