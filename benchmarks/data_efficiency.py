@@ -486,7 +486,8 @@ def main() -> None:
                     own = p.get("model_methods", {}).get(model, p["methods"])
                     methods = PEER_METHODS if model == "mace" else own
                     for method in [m for m in p["methods"] if m in methods]:
-                        key = (system, method, model, n, seed, p["epochs"], LR)  # as run_key
+                        fields = {"system": system, "method": method, "model": model, "n": n}
+                        key = run_key(fields | {"seed": seed, "epochs": p["epochs"], "lr": LR})
                         if key in done:
                             continue
                         tune = p.get("tune", True) and not args.no_tune
