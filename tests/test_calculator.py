@@ -42,7 +42,9 @@ def test_results_are_consistent(cu):
 
 
 def test_calculation_is_cached_until_atoms_change(cu):
-    model = _model(0)
+    """One model call serves every property until positions, numbers, cell or pbc change; each of
+    those changes gives a fresh calculator's result, and magnetic moments (unread) change nothing."""
+    model = _model(0, species=("H", "Cu"))
     calls = []
     model.register_forward_hook(lambda *a: calls.append(1))
     cu.calc = PIMLIPCalculator(model)
@@ -50,9 +52,21 @@ def test_calculation_is_cached_until_atoms_change(cu):
     cu.get_forces()
     cu.get_stress()
     assert len(calls) == 1
-    cu.positions[0, 0] += 0.01
+    cu.set_initial_magnetic_moments(np.ones(len(cu)))
     cu.get_forces()
-    assert len(calls) == 2
+    assert len(calls) == 1
+    changes = (
+        lambda a: a.positions.__setitem__((0, 0), a.positions[0, 0] + 0.01),
+        lambda a: a.set_cell(a.cell * 1.01),  # the cell only: the atoms stay put
+        lambda a: a.numbers.__setitem__(0, 1),
+        lambda a: a.set_pbc((True, True, False)),
+    )
+    for n_calls, change in enumerate(changes, start=2):
+        change(cu)
+        forces = cu.get_forces()
+        assert len(calls) == n_calls
+        fresh = PIMLIPCalculator(_model(0, species=("H", "Cu"))).get_property("forces", cu)
+        np.testing.assert_allclose(forces, fresh, atol=1e-12)
 
 
 def test_neighbour_list_reuse_matches_a_fresh_list(cu):
