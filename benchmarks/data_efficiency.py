@@ -76,6 +76,7 @@ PRESETS = {
         "systems": ["cu"],
         "epochs": 15,
         "n_test": 100,
+        "test_size": 100,
         "tune": False,
         "models": ["painn"],
         "methods": ["E", "E+PIWSL k=½", "E+F"],
@@ -296,8 +297,9 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
     energy_only = "E+F" not in method
     if model == "mace":
         calc, secs, val = fit_mace(system, method, n, seed, epochs)
-        metrics = calculator_errors(calc, edata.test_set(system))
-        row = _row(system, method, model, n, seed, epochs, None, None, secs, metrics, val)
+        test = edata.test_set(system)
+        metrics = calculator_errors(calc, test)
+        row = _row(system, method, model, n, seed, epochs, None, None, secs, metrics, val, len(test))
         if nvt and energy_only:
             row["nvt_stable_ps"] = nvt_stable_ps(system, calc, nvt, seed)
         return row
@@ -318,7 +320,9 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
     if method.startswith("Δ"):  # error of cheap + Δ_model against REF = error of Δ_model against REF − cheap
         test = edata.delta_labels(system, test)
     metrics = error_metrics(m, build_graphs(test, m.cutoff))
-    row = _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, val["energy_per_atom_mae"])
+    row = _row(
+        system, method, model, n, seed, epochs, eps, w, secs, metrics, val["energy_per_atom_mae"], len(test)
+    )
     if nvt and energy_only:
         delta = method.startswith("Δ")
         calc = delta_calculator(edata.cheap_calc(system), m) if delta else PIMLIPCalculator(m)
@@ -326,8 +330,8 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
     return row
 
 
-def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e) -> dict:
-    """One line of the runs file: the run's key, its settings and its errors (meV)."""
+def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e, n_test) -> dict:
+    """One line of the runs file: the run's key, its settings and its errors (meV) on n_test structures."""
     return {
         "system": system,
         "trainer": TRAINER,
@@ -343,6 +347,7 @@ def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e)
         "test_forces_mae_meV_A": 1e3 * metrics["forces_mae"],
         "test_forces_rmse_meV_A": 1e3 * metrics["forces_rmse"],
         "valid_energy_mae_meV_atom": 1e3 * valid_e,
+        "n_test": n_test,
     }
 
 
@@ -464,15 +469,23 @@ def main() -> None:
         name: value for name, value in (("seeds", args.seeds), ("models", args.models)) if value
     }
     WORK.mkdir(parents=True, exist_ok=True)
-    edata.N_TEST = p["n_test"]
+    edata.N_TEST, edata.TEST_SIZE = p["n_test"], p.get("test_size", 500)
     largest = max(p.get("pool_sizes", p["sizes"]))
     edata.N_PRETRAIN = min(edata.N_PRETRAIN, 2 * largest)
     edata.POOL = edata.N_TEST + edata.N_PRETRAIN + int(1.25 * largest) + 10
     LR = p.get("lr", DEFAULT_LR)
     needs_nvt = p.get("nvt") is not None
+    systems = [s for s in p["systems"] if edata.available(s)]
+    test_size = {s: len(edata.test_set(s)) for s in systems}
     earlier = {run_key(r): r for r in load_runs() if r.get("trainer") == TRAINER}
-    # a run without the preset's NVT column is evaluated again (its trained model is reused)
-    done = {k for k, r in earlier.items() if not needs_nvt or "E+F" in r["method"] or "nvt_stable_ps" in r}
+    # a run scored on another test set, or without the preset's NVT column, is evaluated again (its
+    # trained model is reused; an NVT stable time, from the test set's unchanged first structure, is kept)
+    done = {
+        k
+        for k, r in earlier.items()
+        if r.get("n_test") == test_size.get(r["system"])
+        and (not needs_nvt or "E+F" in r["method"] or "nvt_stable_ps" in r)
+    }
     for system in [] if args.table_only else p["systems"]:
         if not edata.available(system):
             print(f"skipping {system}: {edata.available.reason}")
@@ -491,17 +504,22 @@ def main() -> None:
                         if key in done:
                             continue
                         tune = p.get("tune", True) and not args.no_tune
-                        row = run_one(system, method, model, n, seed, p["epochs"], tune, p.get("nvt"))
+                        prev = earlier.get(key, {})
+                        nvt = None if "nvt_stable_ps" in prev else p.get("nvt")
+                        row = run_one(system, method, model, n, seed, p["epochs"], tune, nvt)
                         row["lr"] = LR
-                        if key in earlier and row["train_s"] == 0.0:  # reused model: keep its training time
-                            row["train_s"] = earlier[key]["train_s"]
+                        if "nvt_stable_ps" in prev:
+                            row["nvt_stable_ps"] = prev["nvt_stable_ps"]
+                        if prev and row["train_s"] == 0.0:  # reused model: keep its training time
+                            row["train_s"] = prev["train_s"]
                         with RUNS.open("a") as fh:
                             fh.write(json.dumps(row) + "\n")
                         print(json.dumps(row), flush=True)
     runs = [
         r
         for r in load_runs()
-        if r["system"] in p["systems"]
+        if r["system"] in systems
+        and r.get("n_test") == test_size[r["system"]]
         and r.get("trainer") == TRAINER
         and r["n"] in p["sizes"]
         and r.get("epochs") == p["epochs"]
@@ -509,7 +527,8 @@ def main() -> None:
     ]
     md = table(runs, args.preset, args.threads)
     (RESULTS / f"data_efficiency_{args.preset}.md").write_text(md)
-    plot(runs, RESULTS / f"data_efficiency_{args.preset}.png")
+    if runs:
+        plot(runs, RESULTS / f"data_efficiency_{args.preset}.png")
     print(md)
 
 

@@ -1,8 +1,10 @@
 """Data for data_efficiency.py: labelled pools per system, cached under results/work/ (not committed).
 
-Each pool is shuffled once with a fixed seed and split into a test set (first N_TEST), a pretraining
-set labelled by the cheap method (next N_PRETRAIN) and the training pool (the rest), so the three never
-share a structure. Reference labels: REF_energy / REF_forces; cheap labels: CHEAP_energy / CHEAP_forces.
+Each pool is shuffled once with a fixed seed and split into held-out structures (first N_TEST), a
+pretraining set labelled by the cheap method (next N_PRETRAIN) and the training pool (the rest), so the
+three never share a structure. The test set is the held-out part topped up to TEST_SIZE with snapshots
+of further MD runs (other seeds), so that it can grow without changing any training split.
+Reference labels: REF_energy / REF_forces; cheap labels: CHEAP_energy / CHEAP_forces.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from pimlip_ase.workflow.generate import make_langevin, thermalize
 
 WORK = Path(__file__).parent / "results" / "work"
 CUTOFF = {"cu": 5.0, "ethanol": 5.0, "water": 5.0}
-N_TEST = 500
+N_TEST = 500  # held out of the pool (set by data_efficiency.py; it fixes the training splits)
+TEST_SIZE = 500  # the test set: held-out structures plus extra MD snapshots (water: what it ships)
 N_PRETRAIN = 200
+EXTRA_SEEDS = 100  # MD seeds of the extra test runs start here (the pool's runs use 0, 1, ...)
 POOL = 2000  # set by data_efficiency.py to what the preset needs
 
 
@@ -65,7 +69,8 @@ def _md_snapshots(start, system: str, temperature: float, n: int, seed: int, eve
     return out
 
 
-def _build_pool(system: str) -> list:
+def _build_pool(system: str, size: int, first_seed: int = 0) -> list:
+    """At least ``size`` labelled MD snapshots, shuffled; run k of the system uses seed first_seed + k."""
     if system == "cu":
         cells = [bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)]
         vac = cells[0].copy()
@@ -76,15 +81,25 @@ def _build_pool(system: str) -> list:
         runs = [(molecule("CH3CH2OH"), 500.0)] * 4
     else:
         raise ValueError(system)
-    per_run = -(-POOL // len(runs))
+    per_run = -(-size // len(runs))
     pool = []
     for k, (start, temp) in enumerate(runs):
-        pool += _md_snapshots(start, system, temp, per_run, seed=k)
+        pool += _md_snapshots(start, system, temp, per_run, seed=first_seed + k)
     for atoms in pool:
         _label(atoms, _ref_calc(system), "REF")
         _label(atoms, cheap_calc(system), "CHEAP")
     rng = np.random.default_rng(12345)
     return [pool[i] for i in rng.permutation(len(pool))]
+
+
+def _cached(path: Path, build) -> list:
+    """Structures from an extxyz cache file, built (and written atomically) when missing."""
+    if not path.exists():
+        WORK.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(path) + ".tmp.extxyz")
+        ase.io.write(tmp, build())
+        tmp.rename(path)
+    return list(ase.io.read(path, ":"))
 
 
 def pool(system: str) -> list:
@@ -95,12 +110,7 @@ def pool(system: str) -> list:
         for a, b in zip(mp2, xtb, strict=True):
             a.info["CHEAP_energy"], a.arrays["CHEAP_forces"] = b.info["REF_energy"], b.arrays["REF_forces"]
         return mp2
-    path = WORK / f"pool_{system}_{POOL}.extxyz"
-    if not path.exists():
-        WORK.mkdir(parents=True, exist_ok=True)
-        ase.io.write(str(path) + ".tmp.extxyz", _build_pool(system))
-        Path(str(path) + ".tmp.extxyz").rename(path)
-    return list(ase.io.read(path, ":"))
+    return _cached(WORK / f"pool_{system}_{POOL}.extxyz", lambda: _build_pool(system, POOL))
 
 
 def _splits(system: str):
@@ -112,7 +122,14 @@ def _splits(system: str):
 
 
 def test_set(system: str) -> list:
-    return _splits(system)[0]
+    """The held-out structures, topped up to TEST_SIZE with snapshots of MD runs of seeds the pool
+    does not use (water: its shipped set's held-out half only)."""
+    held_out = _splits(system)[0]
+    missing = TEST_SIZE - len(held_out)
+    if system == "water" or missing <= 0:
+        return held_out
+    path = WORK / f"test_extra_{system}_{missing}.extxyz"
+    return held_out + _cached(path, lambda: _build_pool(system, missing, EXTRA_SEEDS)[:missing])
 
 
 def cheap_pool(system: str, seed: int) -> list:
@@ -178,5 +195,7 @@ def describe() -> str:
     return (
         f"Cu: EMT Langevin MD of a 32-atom cell and a 31-atom vacancy cell at 300/600/900/1200 K "
         f"(2 fs, every 10th step); ethanol: GFN2-xTB Langevin MD at 500 K (0.5 fs, every 10th step); "
-        f"water: shipped MP2 set. Test sets of up to {N_TEST} structures, disjoint from training"
+        f"water: shipped MP2 set. Test sets of {TEST_SIZE} structures (water: the held-out half of its "
+        "shipped set): the pool's held-out structures plus snapshots of further MD runs with other "
+        "seeds, disjoint from training"
     )

@@ -71,4 +71,7 @@ def test_data_efficiency_quick(tmp_path):
     assert stable["E+F"] == ""
     assert all(0.0 <= means([stable[m]])[0] <= 0.05 for m in ("E", "E+PIWSL k=½"))
     assert "zero-force predictor" in text
-    assert len((tmp_path / "data_efficiency_runs.jsonl").read_text().splitlines()) == 3
+    runs = tmp_path / "data_efficiency_runs.jsonl"
+    assert len(runs.read_text().splitlines()) == 3
+    run_script("data_efficiency.py", "--preset", "quick", results=tmp_path)  # resumes: nothing to redo
+    assert len(runs.read_text().splitlines()) == 3
