@@ -76,7 +76,7 @@ PRESETS = {
         "systems": ["cu"],
         "epochs": 15,
         "n_test": 100,
-        "test_size": 100,
+        "test_size": 120,  # 20 structures of further MD runs: the top-up path, cheaply
         "tune": False,
         "models": ["painn"],
         "methods": ["E", "E+PIWSL k=½", "E+F"],
@@ -469,7 +469,7 @@ def main() -> None:
         name: value for name, value in (("seeds", args.seeds), ("models", args.models)) if value
     }
     WORK.mkdir(parents=True, exist_ok=True)
-    edata.N_TEST, edata.TEST_SIZE = p["n_test"], p.get("test_size", 500)
+    edata.N_TEST, edata.TEST_SIZE = p["n_test"], p.get("test_size", edata.TEST_SIZE)
     largest = max(p.get("pool_sizes", p["sizes"]))
     edata.N_PRETRAIN = min(edata.N_PRETRAIN, 2 * largest)
     edata.POOL = edata.N_TEST + edata.N_PRETRAIN + int(1.25 * largest) + 10

@@ -195,7 +195,7 @@ def describe() -> str:
     return (
         f"Cu: EMT Langevin MD of a 32-atom cell and a 31-atom vacancy cell at 300/600/900/1200 K "
         f"(2 fs, every 10th step); ethanol: GFN2-xTB Langevin MD at 500 K (0.5 fs, every 10th step); "
-        f"water: shipped MP2 set. Test sets of {TEST_SIZE} structures (water: the held-out half of its "
-        "shipped set): the pool's held-out structures plus snapshots of further MD runs with other "
-        "seeds, disjoint from training"
+        f"water: shipped MP2 set. Test sets of {max(N_TEST, TEST_SIZE)} structures (water: the held-out "
+        "half of its shipped set): the pool's held-out structures plus snapshots of further MD runs "
+        "with other seeds, disjoint from training"
     )

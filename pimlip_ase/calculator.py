@@ -89,7 +89,8 @@ class PIMLIPCalculator(Calculator):
         ``numbers``, ``cell``, ``pbc`` (exact comparison; charges and magnetic moments are ignored).
 
         ASE's own check compares every array with ``np.allclose``, once per requested property,
-        which cost ~0.1 ms per MD step on a small molecule (~1 % of a step).
+        which cost ~0.1 ms per MD step on a small molecule (~1 % of a step). ``tol`` is accepted for
+        ASE's signature and not used (exact equality recomputes at least as often as ``tol``).
         """
         old = self.atoms
         if old is None:
