@@ -51,7 +51,13 @@ SEEDS = (0, 1)
 KEPT_INFO = ("frame", "md_temperature_K", "md_seed", "md_time_fs")
 
 
-def sample_geometries(n_per_trajectory: int, interval: int = 20, timestep_fs: float = 0.5) -> list[Atoms]:
+def sample_geometries(
+    n_per_trajectory: int,
+    interval: int = 20,
+    timestep_fs: float = 0.5,
+    temperatures_K: Sequence[float] = TEMPERATURES_K,
+    seeds: Sequence[int] = SEEDS,
+) -> list[Atoms]:
     """Water snapshots from GFN2-xTB Langevin MD, ``n_per_trajectory`` per (temperature, seed).
 
     A snapshot every ``interval`` steps of ``timestep_fs`` fs, after 400 steps of equilibration;
@@ -61,8 +67,8 @@ def sample_geometries(n_per_trajectory: int, interval: int = 20, timestep_fs: fl
     from tblite.ase import TBLite
 
     frames: list[Atoms] = []
-    for temperature in TEMPERATURES_K:
-        for seed in SEEDS:
+    for temperature in temperatures_K:
+        for seed in seeds:
             calc = TBLite(method="GFN2-xTB", verbosity=0)
             snaps = md_structures(
                 molecule("H2O"),
