@@ -157,30 +157,26 @@ class PIMLIPCalculator(Calculator):
             )
         graph = self._graph(self.atoms)
         outs = [m(graph, forces=True, stress=periodic) for m in self.models]
-        if not self.is_committee:  # one model: no stacking, no means
-            out = {k: v.detach().cpu().double().numpy() for k, v in outs[0].items()}
-            energy = float(out["energy"][0])
-            self.results = {
-                "energy": energy,
-                "free_energy": energy,
-                "forces": out["forces"],
-                "energies": out["energies"],
-            }
-            if periodic:
-                self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"][0])
-            return
 
-        def stacked(key: str) -> np.ndarray:
+        def stacked(key: str) -> np.ndarray:  # (members, ...) float64
             return torch.stack([o[key].detach() for o in outs]).cpu().double().numpy()
 
-        energy, forces, energies = stacked("energy")[:, 0], stacked("forces"), stacked("energies")
+        def mean(key: str) -> np.ndarray:  # one model's output as it is: no stacking on the hot path
+            return (
+                stacked(key).mean(axis=0)
+                if self.is_committee
+                else outs[0][key].detach().cpu().double().numpy()
+            )
+
+        energy = float(mean("energy")[0])
         self.results = {
-            "energy": float(energy.mean()),
-            "free_energy": float(energy.mean()),
-            "forces": forces.mean(axis=0),
-            "energies": energies.mean(axis=0),
-            "energy_std": float(energy.std()),
-            "forces_std": np.sqrt(forces.var(axis=0).sum(axis=-1)),
+            "energy": energy,
+            "free_energy": energy,
+            "forces": mean("forces"),
+            "energies": mean("energies"),
         }
         if periodic:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(stacked("stress")[:, 0].mean(axis=0))
+            self.results["stress"] = full_3x3_to_voigt_6_stress(mean("stress")[0])
+        if self.is_committee:
+            self.results["energy_std"] = float(stacked("energy")[:, 0].std())
+            self.results["forces_std"] = np.sqrt(stacked("forces").var(axis=0).sum(axis=-1))
