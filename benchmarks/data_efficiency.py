@@ -475,7 +475,12 @@ def main() -> None:
     edata.POOL = edata.N_TEST + edata.N_PRETRAIN + int(1.25 * largest) + 10
     LR = p.get("lr", DEFAULT_LR)
     needs_nvt = p.get("nvt") is not None
-    systems = [s for s in p["systems"] if edata.available(s)]
+    systems = []
+    for system in p["systems"]:
+        if edata.available(system):
+            systems.append(system)
+        else:
+            print(f"skipping {system}: {edata.available.reason}")
     test_size = {s: len(edata.test_set(s)) for s in systems}
     earlier = {run_key(r): r for r in load_runs() if r.get("trainer") == TRAINER}
     # a run scored on another test set, or without the preset's NVT column, is evaluated again (its
@@ -486,10 +491,7 @@ def main() -> None:
         if r.get("n_test") == test_size.get(r["system"])
         and (not needs_nvt or "E+F" in r["method"] or "nvt_stable_ps" in r)
     }
-    for system in [] if args.table_only else p["systems"]:
-        if not edata.available(system):
-            print(f"skipping {system}: {edata.available.reason}")
-            continue
+    for system in [] if args.table_only else systems:
         for n in p["sizes"]:
             if n > edata.n_available(system):
                 print(f"skipping {system} N = {n}: its pool holds {edata.n_available(system)} structures")
