@@ -1,4 +1,7 @@
-"""The glibc heap setting: a training step reuses its buffers instead of page-faulting them in afresh."""
+"""The glibc heap setting: a freed large buffer is reused instead of mapped and page-faulted in afresh.
+
+Its speed effect on training steps is measured by benchmarks/training_cost.py (system malloc rows).
+"""
 
 from __future__ import annotations
 
@@ -14,27 +17,23 @@ pytestmark = pytest.mark.skipif(
 )
 
 SCRIPT = """
-import resource, sys, torch
-from ase.build import bulk
-from pimlip_ase import build_model
+import ctypes, resource, sys
 from pimlip_ase.allocator import keep_large_blocks_in_heap
-from pimlip_ase.data import build_graphs, collate
 applied = keep_large_blocks_in_heap() if sys.argv[1] == "heap" else False
-torch.set_num_threads(1)
-cells = [bulk("Cu", cubic=True).repeat(2) for _ in range(2)]
-for i, atoms in enumerate(cells):
-    atoms.rattle(0.1, seed=i)
-model = build_model("painn", species=["Cu"], cutoff=5.0, n_features=64)
-graph = collate(build_graphs(cells, 5.0))
-def step():  # one energy+force training step's worth of tensors
-    out = model(graph, forces=True, create_graph=True)
-    (out["energy"].sum() + out["forces"].square().sum()).backward()
-step()
+libc = ctypes.CDLL(None)
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def touch():  # a buffer above glibc's largest mmap threshold (32 MB), written through, then freed
+    block = libc.malloc(64 * 2**20)
+    ctypes.memset(block, 1, 64 * 2**20)
+    libc.free(block)
+touch()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(3):
-    step()
+    touch()
 print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
+PAGES = 3 * 64 * 2**20 // 4096  # 4 KiB pages written by the three measured rounds
 
 
 def _faults(mode: str, **env: str) -> tuple[str, int]:
@@ -51,8 +50,9 @@ def test_large_buffers_are_reused_without_page_faults():
     applied, faults = _faults("heap")
     system_applied, system_faults = _faults("system")
     assert (applied, system_applied) == ("True", "False")
-    # the system allocator maps (and page-faults in) its large buffers afresh at every step
-    assert faults < system_faults / 4
+    # glibc's default maps (and page-faults in) the block afresh each round; the heap keeps it
+    assert faults < PAGES / 100
+    assert system_faults > faults
 
 
 def test_environment_variable_leaves_the_allocator_alone():
