@@ -17,6 +17,7 @@ killed benchmark resumes. Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py --preset mini-n25  # ~30 min: its N = 25, 200 epochs, lr 5e-3
     python benchmarks/data_efficiency.py --preset water-default-size  # water, default model sizes
     python benchmarks/data_efficiency.py --preset ethanol-default-size  # ethanol, PaiNN 128×3
+    python benchmarks/data_efficiency.py --preset cu-default-size  # Cu N = 25, PaiNN 128×3
     python benchmarks/data_efficiency.py --preset cpu       # Cu + ethanol, 2 seeds, 4 models: many hours
     python benchmarks/data_efficiency.py --preset full      # the full grid (days on 2 cores)
 ``--seeds`` and ``--models`` replace a preset's seeds and models, e.g. more seeds of ``mini-mol``:
@@ -160,6 +161,13 @@ PRESETS["ethanol-default-size"] = {
     "models": ["painn-128"],
     "methods": ["E", "E+PIWSL k=½", "Δ E", "Δ E+PIWSL k=½", "E+F"],
     "model_methods": {},
+}
+# Cu N = 25 with PaiNN at its default size, as mini-n25 otherwise (same splits, 200 epochs, no tuning)
+PRESETS["cu-default-size"] = {
+    **PRESETS["mini-n25"],
+    "seeds": [0, 1, 2],
+    "models": ["painn-128"],
+    "methods": ["E", "E+PIWSL k=½", "Δ E", "E+F"],
 }
 #: Our models: PaiNN 32×3 (small enough to train to early stopping on 2 CPU cores) and the defaults.
 MODELS = {
