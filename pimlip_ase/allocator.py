@@ -4,10 +4,12 @@ glibc serves every allocation above its mmap threshold (at most 32 MB) with a fr
 unmaps it on free, so each training step or MD step on a few hundred atoms page-faults its per-edge
 (edges × 3 × features) buffers in from scratch. On an fcc Cu batch of 256 atoms that made a PaiNN
 energy+force step 2.6× slower (benchmarks/training_cost.py). With mmap off and a high trim
-threshold, freed buffers stay in the heap and are reused. The price is memory: the process keeps
-its peak heap (freed blocks below the top are not returned to the system), and the peak itself is
-higher (3.1 instead of 1.9 GB for that step). A later large job in the same process has that much
-less free memory (MACE on 10,000 Cu atoms ran out of 24 GB after our model in one process).
+threshold, freed buffers stay in the heap and are reused (when a free block, alone or merged with
+its free neighbours, fits the next request with torch's 64-byte alignment padding). The price is
+memory: the process keeps its peak heap (freed blocks below the top are not returned to the system),
+and the peak itself is higher (3.1 instead of 1.9 GB for that step). A later large job in the same
+process has that much less free memory (MACE on 10,000 Cu atoms ran out of 24 GB after our model in
+one process).
 
 Called by :func:`pimlip_ase.train` and by :class:`pimlip_ase.PIMLIPCalculator` on CPU (so by every
 ``pimlip`` command that trains or runs a model).
