@@ -158,25 +158,21 @@ class PIMLIPCalculator(Calculator):
         graph = self._graph(self.atoms)
         outs = [m(graph, forces=True, stress=periodic) for m in self.models]
 
-        def stacked(key: str) -> np.ndarray:  # (members, ...) float64
-            return torch.stack([o[key].detach() for o in outs]).cpu().double().numpy()
-
-        def mean(key: str) -> np.ndarray:  # one model's output as it is: no stacking on the hot path
-            return (
-                stacked(key).mean(axis=0)
-                if self.is_committee
-                else outs[0][key].detach().cpu().double().numpy()
-            )
-
-        energy = float(mean("energy")[0])
+        keys = ("energy", "forces", "energies", "stress") if periodic else ("energy", "forces", "energies")
+        if self.is_committee:  # (members, ...) float64, each output stacked once
+            members = {k: torch.stack([o[k].detach() for o in outs]).cpu().double().numpy() for k in keys}
+            mean = {k: v.mean(axis=0) for k, v in members.items()}
+        else:  # one model's output as it is: no stacking on the hot path
+            mean = {k: outs[0][k].detach().cpu().double().numpy() for k in keys}
+        energy = float(mean["energy"][0])
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "forces": mean("forces"),
-            "energies": mean("energies"),
+            "forces": mean["forces"],
+            "energies": mean["energies"],
         }
         if periodic:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(mean("stress")[0])
+            self.results["stress"] = full_3x3_to_voigt_6_stress(mean["stress"][0])
         if self.is_committee:
-            self.results["energy_std"] = float(stacked("energy")[:, 0].std())
-            self.results["forces_std"] = np.sqrt(stacked("forces").var(axis=0).sum(axis=-1))
+            self.results["energy_std"] = float(members["energy"][:, 0].std())
+            self.results["forces_std"] = np.sqrt(members["forces"].var(axis=0).sum(axis=-1))
