@@ -8,8 +8,9 @@ labels, cheap method a Morse pair potential; ``ethanol`` GFN2-xTB MD at 500 K (t
 GFN1-xTB; ``water`` the shipped MP2-level set, cheap method GFN2-xTB (when the dataset exists).
 Energy-only runs pick ε and the PIWSL weight by validation energy only (unless ``--no-tune``).
 
-Every finished run is appended to ``results/data_efficiency_runs.jsonl`` (a rerun skips it), so a
-killed benchmark resumes. Writes results/data_efficiency_<preset>.md and .png.
+Every finished run is appended to ``results/data_efficiency_runs.jsonl`` (a rerun skips it) and a
+killed training run continues from its last epoch's checkpoint, so a killed benchmark resumes.
+Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py                    # = --preset mini-mol: ~45 min
     python benchmarks/data_efficiency.py --preset quick     # minutes: smoke test
     python benchmarks/data_efficiency.py --preset mini-mol  # ethanol + water, N = 25/100, 1 seed, 200 epochs
@@ -27,6 +28,7 @@ killed benchmark resumes. Writes results/data_efficiency_<preset>.md and .png.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import shutil
@@ -204,6 +206,7 @@ MACE_ARGS = {
 TRAINER = "ema-warmup"
 DEFAULT_LR = 2e-3  # our models' learning rate; a preset may set its own ("lr")
 LR = DEFAULT_LR
+POOL_ID: dict[str, str] = {}  # system -> its training pool's id (efficiency_data.train_pool_id), set by main
 PEER_METHODS = ("E", "E+F")  # MACE has no PITC/PISC, Δ or fine-tuning column here
 PIWSL_GRID = [(0.02, 0.1), (0.05, 0.1), (0.05, 1.0)]  # (ε Å, w_PITC); w_PISC = w_PITC / 100
 
@@ -217,12 +220,12 @@ def loss_for(method: str, eps: float = 0.05, w: float = 1.0) -> dict:
 
 def run_dir(system, model, method, n, seed, epochs, eps=0.05, w=1.0) -> Path:
     """Working folder of one training run of ours (its checkpoints, model.pt and valid.json)."""
-    tag = f"{system}-{model}-{method}-{n}-{seed}-{eps}-{w}-{epochs}ep-lr{LR}-{TRAINER}"
+    tag = f"{system}-{model}-{method}-{n}-{seed}-{eps}-{w}-{epochs}ep-lr{LR}-{TRAINER}-pool{POOL_ID[system]}"
     return WORK / tag.replace(" ", "_").replace("½", "half")
 
 
 def fit(system, method, model, n, seed, epochs, eps=0.05, w=1.0, init_from=None, train_set=None):
-    """Train one model; returns (TrainResult, seconds)."""
+    """Train one model (or continue its killed run); returns (model, seconds, validation metrics)."""
     structures = train_set if train_set is not None else edata.train_pool(system, n, seed)
     if method.startswith("Δ"):
         structures = edata.delta_labels(system, structures)
@@ -250,10 +253,16 @@ def fit(system, method, model, n, seed, epochs, eps=0.05, w=1.0, init_from=None,
     out = WORK / tag
     if (out / "valid.json").exists():  # finished earlier (a pretrained model, or a resumed benchmark)
         return load_model(out / "model.pt"), 0.0, json.loads((out / "valid.json").read_text())
-    shutil.rmtree(out, ignore_errors=True)
-    res = train(cfg)
+    resume = (out / "checkpoints" / "last.pt").is_file()  # a killed run continues where it stopped
+    if not resume:
+        shutil.rmtree(out, ignore_errors=True)
+    res = train(cfg, resume=resume)
+    secs = time.perf_counter() - t0
+    if resume:  # the run's time is its epochs', before and after the interruption
+        with (out / "metrics.csv").open() as fh:
+            secs = sum(float(r["time_s"]) for r in csv.DictReader(fh))
     (out / "valid.json").write_text(json.dumps(res.valid_metrics))
-    return res.model, time.perf_counter() - t0, res.valid_metrics
+    return res.model, secs, res.valid_metrics
 
 
 def fit_mace(system, method, n, seed, epochs):
@@ -261,7 +270,7 @@ def fit_mace(system, method, n, seed, epochs):
     the file it reads); returns (ASE calculator, seconds, training-file energy MAE eV/atom)."""
     from mace.calculators import MACECalculator
 
-    tag = f"{system}-mace-{method}-{n}-{seed}-{epochs}ep"
+    tag = f"{system}-mace-{method}-{n}-{seed}-{epochs}ep-pool{POOL_ID[system]}"
     out = WORK / tag
     model_file = out / "mace.model"
     structures = [a.copy() for a in edata.train_pool(system, n, seed)]
@@ -318,7 +327,7 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
         calc, secs, val = fit_mace(system, method, n, seed, epochs)
         test = edata.test_set(system)
         metrics = calculator_errors(calc, test)
-        row = _row(system, method, model, n, seed, epochs, None, None, secs, metrics, val, len(test))
+        row = _row(system, method, model, n, seed, epochs, None, None, secs, metrics, val, test)
         if nvt and energy_only:
             row["nvt_stable_ps"] = nvt_stable_ps(system, calc, nvt, seed)
         return row
@@ -340,7 +349,7 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
         test = edata.delta_labels(system, test)
     metrics = error_metrics(m, build_graphs(test, m.cutoff))
     row = _row(
-        system, method, model, n, seed, epochs, eps, w, secs, metrics, val["energy_per_atom_mae"], len(test)
+        system, method, model, n, seed, epochs, eps, w, secs, metrics, val["energy_per_atom_mae"], test
     )
     if nvt and energy_only:
         delta = method.startswith("Δ")
@@ -349,8 +358,9 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
     return row
 
 
-def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e, n_test) -> dict:
-    """One line of the runs file: the run's key, its settings and its errors (meV) on n_test structures."""
+def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e, test) -> dict:
+    """One line of the runs file: the run's key, its settings and its errors (meV) on the test set
+    ``test`` (its size and fingerprint are recorded)."""
     return {
         "system": system,
         "trainer": TRAINER,
@@ -366,13 +376,25 @@ def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e,
         "test_forces_mae_meV_A": 1e3 * metrics["forces_mae"],
         "test_forces_rmse_meV_A": 1e3 * metrics["forces_rmse"],
         "valid_energy_mae_meV_atom": 1e3 * valid_e,
-        "n_test": n_test,
+        "train_pool": POOL_ID[system],
+        "n_test": len(test),
+        "test_set": edata.test_fingerprint(system),
     }
 
 
 def run_key(r: dict) -> tuple:
-    """What identifies a run of one trainer version: system, method, model, N, seed, epochs, lr."""
-    return (r["system"], r["method"], r["model"], r["n"], r["seed"], r.get("epochs"), r.get("lr", DEFAULT_LR))
+    """What identifies a run of one trainer version: system, training pool, method, model, N, seed,
+    epochs, lr."""
+    return (
+        r["system"],
+        r.get("train_pool"),
+        r["method"],
+        r["model"],
+        r["n"],
+        r["seed"],
+        r.get("epochs"),
+        r.get("lr", DEFAULT_LR),
+    )
 
 
 def load_runs() -> list[dict]:
@@ -500,14 +522,15 @@ def main() -> None:
             systems.append(system)
         else:
             print(f"skipping {system}: {edata.available.reason}")
-    test_size = {s: len(edata.test_set(s)) for s in systems}
+    test_id = {s: edata.test_fingerprint(s) for s in systems}
+    POOL_ID.update({s: edata.train_pool_id(s) for s in systems})
     earlier = {run_key(r): r for r in load_runs() if r.get("trainer") == TRAINER}
     # a run scored on another test set, or without the preset's NVT column, is evaluated again (its
     # trained model is reused; an NVT stable time, from the test set's unchanged first structure, is kept)
     done = {
         k
         for k, r in earlier.items()
-        if r.get("n_test") == test_size.get(r["system"])
+        if r.get("test_set") == test_id.get(r["system"])
         and (not needs_nvt or "E+F" in r["method"] or "nvt_stable_ps" in r)
     }
     for system in [] if args.table_only else systems:
@@ -521,6 +544,7 @@ def main() -> None:
                     methods = PEER_METHODS if model == "mace" else own
                     for method in [m for m in p["methods"] if m in methods]:
                         fields = {"system": system, "method": method, "model": model, "n": n}
+                        fields["train_pool"] = POOL_ID[system]
                         key = run_key(fields | {"seed": seed, "epochs": p["epochs"], "lr": LR})
                         if key in done:
                             continue
@@ -540,7 +564,8 @@ def main() -> None:
         r
         for r in load_runs()
         if r["system"] in systems
-        and r.get("n_test") == test_size[r["system"]]
+        and r.get("test_set") == test_id[r["system"]]
+        and r.get("train_pool") == POOL_ID[r["system"]]
         and r.get("trainer") == TRAINER
         and r["n"] in p["sizes"]
         and r.get("epochs") == p["epochs"]

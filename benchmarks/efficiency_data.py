@@ -17,6 +17,7 @@ from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 from ase.calculators.morse import MorsePotential
 
+from pimlip_ase.data import LabelKeys, dataset_fingerprint
 from pimlip_ase.workflow.generate import make_langevin, thermalize
 
 WORK = Path(__file__).parent / "results" / "work"
@@ -163,6 +164,19 @@ def test_set(system: str) -> list:
         else (lambda: _build_pool(system, missing, EXTRA_SEEDS)[:missing])
     )
     return held_out + _cached(path, extra)
+
+
+def test_fingerprint(system: str) -> str:
+    """Identifies the test set by its structures and reference labels (not by its size), so that rows
+    scored on another test set (another pool, other top-up runs) are never tabulated together."""
+    return dataset_fingerprint(test_set(system), LabelKeys())
+
+
+def train_pool_id(system: str) -> str:
+    """Identifies the structures training draws from (training pool and pretraining set): a preset
+    with a larger pool has other splits, and its runs must not reuse or join another pool's."""
+    _, pretrain, rest = _splits(system)
+    return dataset_fingerprint(pretrain + rest, LabelKeys())[:8]
 
 
 def cheap_pool(system: str, seed: int) -> list:

@@ -8,6 +8,7 @@ zero-filled: ``energy_mask[s]``, ``forces_mask[a]`` and ``stress_mask[s]`` say w
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -134,6 +135,22 @@ class LabelKeys:
     def __post_init__(self) -> None:
         if self.energy_unit not in ENERGY_UNITS:
             raise ConfigError(f"unknown energy_unit {self.energy_unit!r}; use one of {sorted(ENERGY_UNITS)}")
+
+
+def dataset_fingerprint(structures: Sequence[ase.Atoms], keys: LabelKeys | None = None) -> str:
+    """Fingerprint of the structures' numbers, positions and cells; with ``keys`` also of their labels."""
+    h = hashlib.sha256()
+    for a in structures:
+        h.update(
+            a.numbers.tobytes()
+            + np.ascontiguousarray(a.positions).tobytes()
+            + np.ascontiguousarray(a.cell[:]).tobytes()
+        )
+        if keys is not None:
+            labels = (a.info.get(keys.energy), a.arrays.get(keys.forces), a.info.get(keys.stress))
+            for value in labels:
+                h.update(b"-" if value is None else np.ascontiguousarray(value, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
 
 
 def atoms_to_graph(

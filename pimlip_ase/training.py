@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import logging
 import math
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import ase
-import numpy as np
 import torch
 import yaml
 from torch.optim.swa_utils import AveragedModel
@@ -35,6 +33,7 @@ from .data import (
     Graph,
     LabelKeys,
     build_graphs,
+    dataset_fingerprint,
     fit_reference_energies,
     fit_scale_shift,
     iterate_batches,
@@ -170,17 +169,6 @@ class TrainResult:
     output: Path
 
 
-def _dataset_hash(structures: Sequence[ase.Atoms]) -> str:
-    h = hashlib.sha256()
-    for a in structures:
-        h.update(
-            a.numbers.tobytes()
-            + np.ascontiguousarray(a.positions).tobytes()
-            + np.ascontiguousarray(a.cell[:]).tobytes()
-        )
-    return h.hexdigest()[:16]
-
-
 def _load_splits(cfg: TrainConfig) -> tuple[list[ase.Atoms], list[ase.Atoms], list[ase.Atoms]]:
     structures = read_structures(cfg.data.train)
     if not structures:
@@ -249,8 +237,9 @@ def _validation_loss(metrics: dict[str, float], loss: LossConfig) -> float:
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-def _checkpoint_state(model, ema, opt, sched, gen, state, cfg) -> dict[str, Any]:
+def _checkpoint_state(model, ema, opt, sched, gen, state, cfg, data: dict[str, str]) -> dict[str, Any]:
     return {
+        "data": data,
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "optimizer": opt.state_dict(),
@@ -261,7 +250,9 @@ def _checkpoint_state(model, ema, opt, sched, gen, state, cfg) -> dict[str, Any]
     }
 
 
-def _restore(path: Path, model, ema, opt, sched, gen, state, cfg: TrainConfig) -> None:
+def _restore(path: Path, model, ema, opt, sched, gen, state, cfg: TrainConfig, data: dict[str, str]) -> None:
+    """Load ``last.pt``; refuse when the config or the training/validation data (structures and
+    labels, also when given in memory) differ from the checkpoint's."""
     if not path.is_file():
         raise ConfigError(f"cannot resume: no checkpoint at {str(path)!r}")
     ck = torch.load(path, map_location=cfg.device, weights_only=True)
@@ -270,6 +261,12 @@ def _restore(path: Path, model, ema, opt, sched, gen, state, cfg: TrainConfig) -
     if saved != now:
         changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise ConfigError(f"cannot resume {str(path)!r}: the config changed in section(s) {changed}")
+    changed = sorted(k for k, v in ck.get("data", data).items() if data.get(k) != v)  # older: unchecked
+    if changed:
+        raise ConfigError(
+            f"cannot resume {str(path)!r}: the {' and '.join(changed)} data differ from the checkpoint's "
+            "(other structures or labels)"
+        )
     model.load_state_dict(ck["model"])
     ema.load_state_dict(ck["ema"])
     opt.load_state_dict(ck["optimizer"])
@@ -390,8 +387,9 @@ def _run(cfg: TrainConfig, out: Path, ckdir: Path, resume: bool) -> TrainResult:
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0}
+    data = {"train": dataset_fingerprint(train_atoms, keys), "valid": dataset_fingerprint(valid_atoms, keys)}
     if resume:
-        _restore(ckdir / "last.pt", model, ema, opt, sched, gen, state, cfg)
+        _restore(ckdir / "last.pt", model, ema, opt, sched, gen, state, cfg, data)
         log.info("resumed from epoch %d", state["epoch"])
     loss_fn = LossFunction(cfg.loss)
     terms = ["energy"] + [t for t in ("forces", "stress", "pitc", "pisc") if getattr(cfg.loss, t) > 0]
@@ -438,7 +436,7 @@ def _run(cfg: TrainConfig, out: Path, ckdir: Path, resume: bool) -> TrainResult:
             **{f"val_{k}": v for k, v in val.items()},
         )
         metrics_csv.append(row)
-        atomic_torch_save(_checkpoint_state(model, ema, opt, sched, gen, state, cfg), ckdir / "last.pt")
+        atomic_torch_save(_checkpoint_state(model, ema, opt, sched, gen, state, cfg, data), ckdir / "last.pt")
         log.info(
             "epoch %d %s",
             epoch,
@@ -461,7 +459,7 @@ def _finish(cfg, out, ckdir, model, state, valid_g, test_atoms, train_atoms) -> 
         )
     provenance = {
         "config": cfg.to_dict(),
-        "dataset_hash": _dataset_hash(train_atoms),
+        "dataset_hash": dataset_fingerprint(train_atoms),
         "n_train": len(train_atoms),
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],

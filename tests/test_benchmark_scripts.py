@@ -79,11 +79,12 @@ def test_data_efficiency_quick(tmp_path):
     # rows scored on another test set are scored again from their saved models, keeping their
     # training time and NVT stable time, with the same errors on the same test set
     first = [json.loads(line) for line in runs.read_text().splitlines()]
-    runs.write_text("".join(json.dumps(r | {"n_test": 100}) + "\n" for r in first))
+    runs.write_text("".join(json.dumps(r | {"test_set": "another"}) + "\n" for r in first))
     run_script("data_efficiency.py", "--preset", "quick", results=tmp_path)
     again = [json.loads(line) for line in runs.read_text().splitlines()][3:]
     assert [r["method"] for r in again] == [r["method"] for r in first]
     for old, new in zip(first, again, strict=True):
-        assert new["n_test"] == 120
+        assert new["n_test"] == 120 and new["test_set"] == old["test_set"] != "another"
+        assert new["train_pool"] == old["train_pool"]
         assert new["train_s"] == old["train_s"] and new.get("nvt_stable_ps") == old.get("nvt_stable_ps")
         assert new["test_forces_mae_meV_A"] == pytest.approx(old["test_forces_mae_meV_A"], rel=1e-9)

@@ -129,6 +129,19 @@ def test_killed_run_resumes_to_the_uninterrupted_result(cu_dataset, tmp_path):
         assert [int(r["epoch"]) for r in csv.DictReader(fh)] == list(range(1, 7))
 
 
+def test_resume_refuses_other_data_given_in_memory(cu_dataset, tmp_path):
+    """In-memory data has no path in the config: resuming checks the structures and labels themselves."""
+    structures = [a.copy() for a in cu_dataset[:8]]
+    cfg = _config(structures, tmp_path / "run")
+    cfg["optim"]["max_epochs"] = 1
+    first = train(cfg)
+    relabelled = [a.copy() for a in structures]
+    relabelled[3].info["REF_energy"] += 0.1
+    with pytest.raises(ConfigError, match="the train data differ from the checkpoint's"):
+        train({**cfg, "data": {**cfg["data"], "train": relabelled}}, resume=True)
+    assert train(cfg, resume=True).valid_metrics == first.valid_metrics  # same data: nothing left to do
+
+
 def test_fine_tuning_refits_reference_energies(cu_dataset, tmp_path):
     base = train(_config(cu_dataset[:12], tmp_path / "base", forces=10.0))
     shifted = []
