@@ -19,6 +19,7 @@ Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py --preset water-default-size  # water, default model sizes
     python benchmarks/data_efficiency.py --preset ethanol-default-size  # ethanol, PaiNN 128×3
     python benchmarks/data_efficiency.py --preset cu-default-size  # Cu N = 25, PaiNN 128×3
+    python benchmarks/data_efficiency.py --preset cu-curve  # Cu N = 25 … 400, PaiNN 32×3: ~75 min a seed
     python benchmarks/data_efficiency.py --preset cpu       # Cu + ethanol, 2 seeds, 4 models: many hours
     python benchmarks/data_efficiency.py --preset full      # the full grid (days on 2 cores)
 ``--seeds`` and ``--models`` replace a preset's seeds and models, e.g. more seeds of ``mini-mol``:
@@ -170,6 +171,14 @@ PRESETS["cu-default-size"] = {
     "seeds": [0, 1, 2],
     "models": ["painn-128"],
     "methods": ["E", "E+PIWSL k=½", "Δ E", "E+F"],
+}
+# Cu learning curve N = 25 … 400 (a pool of 1,010 structures, so other splits and test set than
+# mini's): do energy-only training and PITC/PISC close on force training as energies grow?
+PRESETS["cu-curve"] = {
+    **PRESETS["mini"],
+    "sizes": [25, 50, 100, 200, 400],
+    "models": ["painn"],
+    "methods": ["E", "E+PIWSL k=½", "E+F", "Δ E"],
 }
 #: Our models: PaiNN 32×3 (small enough to train to early stopping on 2 CPU cores) and the defaults.
 MODELS = {
