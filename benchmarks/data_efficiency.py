@@ -9,7 +9,8 @@ GFN1-xTB; ``water`` the shipped MP2-level set, cheap method GFN2-xTB (when the d
 Energy-only runs pick ε and the PIWSL weight by validation energy only (unless ``--no-tune``).
 
 Every finished run is appended to ``results/data_efficiency_runs.jsonl`` (a rerun skips it) and a
-killed training run continues from its last epoch's checkpoint, so a killed benchmark resumes.
+killed training run of ours continues from its last epoch's checkpoint (MACE's starts over), so a
+killed benchmark resumes.
 Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py                    # = --preset mini-mol: ~45 min
     python benchmarks/data_efficiency.py --preset quick     # minutes: smoke test
@@ -47,6 +48,7 @@ import efficiency_data as edata  # noqa: E402
 
 from pimlip_ase import train  # noqa: E402
 from pimlip_ase.data import build_graphs  # noqa: E402
+from pimlip_ase.errors import ConfigError  # noqa: E402
 from pimlip_ase.evaluate import calculator_errors, error_metrics  # noqa: E402
 from pimlip_ase.modelfile import load_model  # noqa: E402
 
@@ -172,7 +174,7 @@ PRESETS["cu-default-size"] = {
     "models": ["painn-128"],
     "methods": ["E", "E+PIWSL k=½", "Δ E", "E+F"],
 }
-# Cu learning curve N = 25 … 400 (a pool of 1,010 structures, so other splits and test set than
+# Cu learning curve N = 25 … 400 (a pool of 1,016 structures, so other splits and test set than
 # mini's): do energy-only training and PITC/PISC close on force training as energies grow?
 PRESETS["cu-curve"] = {
     **PRESETS["mini"],
@@ -258,20 +260,18 @@ def fit(system, method, model, n, seed, epochs, eps=0.05, w=1.0, init_from=None,
     }
     if init_from:
         cfg["model"] = {"name": mcfg["name"]}
-    t0 = time.perf_counter()
     out = WORK / tag
-    if (out / "valid.json").exists():  # finished earlier (a pretrained model, or a resumed benchmark)
-        return load_model(out / "model.pt"), 0.0, json.loads((out / "valid.json").read_text())
-    resume = (out / "checkpoints" / "last.pt").is_file()  # a killed run continues where it stopped
-    if not resume:
-        shutil.rmtree(out, ignore_errors=True)
-    res = train(cfg, resume=resume)
-    secs = time.perf_counter() - t0
-    if resume:  # the run's time is its epochs', before and after the interruption
-        with (out / "metrics.csv").open() as fh:
-            secs = sum(float(r["time_s"]) for r in csv.DictReader(fh))
-    (out / "valid.json").write_text(json.dumps(res.valid_metrics))
-    return res.model, secs, res.valid_metrics
+    if not (out / "valid.json").exists():  # else finished earlier (a pretrained model, a resumed benchmark)
+        try:  # a killed run continues where it stopped
+            res = train(cfg, resume=(out / "checkpoints" / "last.pt").is_file())
+        except ConfigError as err:  # its config or data changed since: start afresh
+            print(f"{tag}: {err}; training again from scratch", flush=True)
+            shutil.rmtree(out)
+            res = train(cfg)
+        (out / "valid.json").write_text(json.dumps(res.valid_metrics))
+    with (out / "metrics.csv").open() as fh:  # training time: its epochs', also across interruptions
+        secs = sum(float(r["time_s"]) for r in csv.DictReader(fh))
+    return load_model(out / "model.pt"), secs, json.loads((out / "valid.json").read_text())
 
 
 def fit_mace(system, method, n, seed, epochs):
@@ -342,10 +342,9 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
         return row
     init_from = None
     if method.startswith("finetune"):
-        pre, _, _ = fit(
-            system, "E+F", model, edata.N_PRETRAIN, seed, epochs, train_set=edata.cheap_pool(system, seed)
-        )
-        init_from = str(run_dir(system, model, "E+F", edata.N_PRETRAIN, seed, epochs) / "model.pt")
+        pre = "pretrain E+F"  # its own folder: an "E+F" run at N = N_PRETRAIN trains on reference labels
+        fit(system, pre, model, edata.N_PRETRAIN, seed, epochs, train_set=edata.cheap_pool(system, seed))
+        init_from = str(run_dir(system, model, pre, edata.N_PRETRAIN, seed, epochs) / "model.pt")
     grid = PIWSL_GRID if ("PIWSL" in method and tune and energy_only) else [(0.05, 1.0)]
     best = None
     for eps, w in grid:  # energy-only: choose by validation energy alone
@@ -369,7 +368,8 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
 
 def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e, test) -> dict:
     """One line of the runs file: the run's key, its settings and its errors (meV) on the test set
-    ``test`` (its size and fingerprint are recorded)."""
+    ``test`` (for Δ rows relabelled with REF − CHEAP; recorded: its size and the fingerprint of the
+    system's reference-labelled test set)."""
     return {
         "system": system,
         "trainer": TRAINER,

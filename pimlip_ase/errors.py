@@ -9,6 +9,10 @@ class ConfigError(PimlipError, ValueError):
     """A training config, recipe or option is malformed (unknown key, bad value)."""
 
 
+class ResumeDataError(ConfigError):
+    """A run cannot resume: its training or validation data differ from its checkpoint's."""
+
+
 class UnknownElementError(PimlipError, KeyError):
     """A structure contains an element the model was not trained on."""
 

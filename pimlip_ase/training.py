@@ -42,7 +42,7 @@ from .data import (
     species_of,
     split_indices,
 )
-from .errors import ConfigError, UnknownElementError
+from .errors import ConfigError, ResumeDataError, UnknownElementError
 from .evaluate import error_metrics
 from .losses import LossConfig, LossFunction
 from .modelfile import atomic_torch_save, load_model, save_model, to_plain
@@ -250,20 +250,29 @@ def _checkpoint_state(model, ema, opt, sched, gen, state, cfg, data: dict[str, s
     }
 
 
+def _resumable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as resume compares it: without the output folder, and with data given in memory
+    named only as such (its structures and labels are compared by fingerprint)."""
+    data = {
+        k: "<in memory>" if isinstance(v, str) and v.endswith(" structures in memory>") else v
+        for k, v in config["data"].items()
+    }
+    return {k: v for k, v in config.items() if k != "output"} | {"data": data}
+
+
 def _restore(path: Path, model, ema, opt, sched, gen, state, cfg: TrainConfig, data: dict[str, str]) -> None:
     """Load ``last.pt``; refuse when the config or the training/validation data (structures and
     labels, also when given in memory) differ from the checkpoint's."""
     if not path.is_file():
         raise ConfigError(f"cannot resume: no checkpoint at {str(path)!r}")
     ck = torch.load(path, map_location=cfg.device, weights_only=True)
-    saved = {k: v for k, v in ck["config"].items() if k != "output"}
-    now = {k: v for k, v in cfg.to_dict().items() if k != "output"}
+    saved, now = _resumable_config(ck["config"]), _resumable_config(cfg.to_dict())
     if saved != now:
         changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         raise ConfigError(f"cannot resume {str(path)!r}: the config changed in section(s) {changed}")
     changed = sorted(k for k, v in ck.get("data", data).items() if data.get(k) != v)  # older: unchecked
     if changed:
-        raise ConfigError(
+        raise ResumeDataError(
             f"cannot resume {str(path)!r}: the {' and '.join(changed)} data differ from the checkpoint's "
             "(other structures or labels)"
         )

@@ -3,6 +3,7 @@ their tables to a temporary folder: every row is there and every number is finit
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -88,3 +89,16 @@ def test_data_efficiency_quick(tmp_path):
         assert new["train_pool"] == old["train_pool"]
         assert new["train_s"] == old["train_s"] and new.get("nvt_stable_ps") == old.get("nvt_stable_ps")
         assert new["test_forces_mae_meV_A"] == pytest.approx(old["test_forces_mae_meV_A"], rel=1e-9)
+    # a training run killed after its last checkpoint continues from it instead of starting over: same
+    # model and errors, and its training time is the sum of its epochs' (before and after the kill)
+    folder = next((tmp_path / "work").glob("cu-painn-E-25-0-*"))
+    (folder / "valid.json").unlink()
+    (folder / "model.pt").unlink()
+    kept = [r for r in again if r["method"] != "E"]
+    runs.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    run_script("data_efficiency.py", "--preset", "quick", results=tmp_path)
+    resumed = json.loads(runs.read_text().splitlines()[-1])
+    with (folder / "metrics.csv").open() as fh:
+        epochs = list(csv.DictReader(fh))
+    assert resumed["method"] == "E" and resumed["train_s"] == sum(float(r["time_s"]) for r in epochs)
+    assert resumed["test_forces_mae_meV_A"] == pytest.approx(first[0]["test_forces_mae_meV_A"], rel=1e-9)

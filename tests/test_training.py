@@ -17,7 +17,7 @@ import yaml
 
 from pimlip_ase import PIMLIPCalculator, load_model, train
 from pimlip_ase.data import build_graphs
-from pimlip_ase.errors import ConfigError, MissingLabelError, UnknownElementError
+from pimlip_ase.errors import ConfigError, MissingLabelError, ResumeDataError, UnknownElementError
 from pimlip_ase.training import ema_update, load_config, refit_reference_energies
 
 TINY_MODEL = {"name": "painn", "cutoff": 3.0, "n_features": 8, "n_interactions": 1}
@@ -136,8 +136,9 @@ def test_resume_refuses_other_data_given_in_memory(cu_dataset, tmp_path):
     cfg["optim"]["max_epochs"] = 1
     first = train(cfg)
     relabelled = [a.copy() for a in structures]
-    relabelled[3].info["REF_energy"] += 0.1
-    with pytest.raises(ConfigError, match="the train data differ from the checkpoint's"):
+    for a in relabelled:  # every label, so both the training and the validation split change
+        a.info["REF_energy"] += 0.1
+    with pytest.raises(ResumeDataError, match="the train and valid data differ from the checkpoint's"):
         train({**cfg, "data": {**cfg["data"], "train": relabelled}}, resume=True)
     assert train(cfg, resume=True).valid_metrics == first.valid_metrics  # same data: nothing left to do
 

@@ -40,6 +40,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +51,7 @@ import ase
 import numpy as np
 
 from ..calculator import PIMLIPCalculator
-from ..errors import ConfigError
+from ..errors import ConfigError, ResumeDataError
 from ..keys import ENERGY, FORCES, STRESS
 from ..modelfile import load_model, to_plain
 from ..training import train
@@ -150,7 +151,8 @@ class ActiveResult:
 
 
 def _train_member(config: dict[str, Any], threads: int | None) -> str:
-    """Train one member, or resume it from its last checkpoint, or reuse its finished model file."""
+    """Train one member, or resume it from its last checkpoint, or reuse its finished model file. A
+    checkpoint of other training data (labels retried since the run was killed) is started afresh."""
     out = Path(config["output"])
     if (out / "model.pt").is_file():
         return str(out / "model.pt")
@@ -158,7 +160,12 @@ def _train_member(config: dict[str, Any], threads: int | None) -> str:
         import torch
 
         torch.set_num_threads(threads)
-    return str(train(config, resume=(out / "checkpoints" / "last.pt").is_file()).model_path)
+    try:
+        return str(train(config, resume=(out / "checkpoints" / "last.pt").is_file()).model_path)
+    except ResumeDataError as err:
+        log.warning("%s; training this member again from scratch", err)
+        shutil.rmtree(out / "checkpoints")
+        return str(train(config).model_path)
 
 
 def training_view(structures: Sequence[ase.Atoms], train_on: Sequence[str]) -> list[ase.Atoms]:

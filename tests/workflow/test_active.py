@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import yaml
 
 from pimlip_ase.errors import ConfigError
 from pimlip_ase.keys import ENERGY
-from pimlip_ase.workflow.active import ActiveConfig, ActiveLearning
+from pimlip_ase.workflow.active import ActiveConfig, ActiveLearning, _train_member
 from pimlip_ase.workflow.candidates import check_generator, run_generators
 from pimlip_ase.workflow.label import make_labeller
 from pimlip_ase.workflow.recipe import load_recipe
@@ -183,3 +185,26 @@ def test_loop_stops_when_nothing_improves_and_labels_nothing_more(tiny_recipe, t
     assert result.records[-1]["n_selected"] == 0  # chosen, then the loop stopped: none labelled
     store = Store(result.store_path)
     assert store.count(iteration=2, status="pending") == 0 and store.count(iteration=2, status=CANDIDATE) == 4
+
+
+def test_member_killed_before_its_data_changed_is_trained_again(cu_dataset, tmp_path, caplog):
+    """Labels retried after a kill change a member's training set: its checkpoint cannot be resumed,
+    so the member starts afresh on the new data instead of stopping the loop."""
+    out = tmp_path / "member"
+    cfg = {
+        "model": {"name": "schnet", "cutoff": 3.0, "n_features": 8, "n_interactions": 1},
+        "data": {"train": cu_dataset[:8], "valid": 0.25},
+        "optim": {"max_epochs": 1, "batch_size": 4},
+        "output": str(out),
+    }
+    _train_member(cfg, None)
+    (out / "model.pt").unlink()  # killed after its last checkpoint, before the model file
+    more = {**cfg, "data": {"train": cu_dataset[:12], "valid": 0.25}}
+    with caplog.at_level(logging.WARNING, logger="pimlip_ase.workflow.active"):
+        assert _train_member(more, None) == str(out / "model.pt")
+    assert (
+        "data differ from the checkpoint's (other structures or labels); training this member again"
+        in caplog.text
+    )
+    sizes = re.findall(r"(\d+) train / (\d+) valid", (out / "train.log").read_text())
+    assert [int(a) + int(b) for a, b in sizes][::2] == [8, 12]  # first run, (refused resume,) new run
