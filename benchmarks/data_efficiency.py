@@ -23,7 +23,8 @@ Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py --preset cu-curve  # Cu N = 25 … 400, PaiNN 32×3: ~75 min a seed
     python benchmarks/data_efficiency.py --preset cpu       # Cu + ethanol, 2 seeds, 4 models: many hours
     python benchmarks/data_efficiency.py --preset full      # the issue's full grid (days on 2 cores)
-``--seeds`` and ``--models`` replace a preset's seeds and models, e.g. more seeds of ``mini-mol``:
+``--seeds`` and ``--models`` replace a preset's seeds and models and ``--sizes`` trains only some of
+its N, e.g. more seeds of ``mini-mol``:
     python benchmarks/data_efficiency.py --preset mini-mol --seeds 0 1 2
 """
 
@@ -504,6 +505,7 @@ def main() -> None:
     )
     parser.add_argument("--preset", choices=list(PRESETS), default="mini-mol")
     parser.add_argument("--seeds", type=int, nargs="+", help="replace the preset's seeds")
+    parser.add_argument("--sizes", type=int, nargs="+", help="train only these of its sizes N (same pool)")
     parser.add_argument("--models", nargs="+", choices=[*MODELS, "mace"], help="replace the preset's models")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-tune", action="store_true", help="skip the (ε, w) grid for energy-only PIWSL")
@@ -515,6 +517,8 @@ def main() -> None:
     RESULTS, RUNS, WORK = args.results, args.results / "data_efficiency_runs.jsonl", args.results / "work"
     edata.WORK = WORK
     torch.set_num_threads(args.threads)
+    if set(args.sizes or []) - set(PRESETS[args.preset]["sizes"]):
+        parser.error(f"--sizes: preset {args.preset!r} has sizes {PRESETS[args.preset]['sizes']}")
     p = PRESETS[args.preset] | {
         name: value for name, value in (("seeds", args.seeds), ("models", args.models)) if value
     }
@@ -543,7 +547,7 @@ def main() -> None:
         and (not needs_nvt or "E+F" in r["method"] or "nvt_stable_ps" in r)
     }
     for system in [] if args.table_only else systems:
-        for n in p["sizes"]:
+        for n in [n for n in p["sizes"] if not args.sizes or n in args.sizes]:
             if n > edata.n_available(system):
                 print(f"skipping {system} N = {n}: its pool holds {edata.n_available(system)} structures")
                 continue
