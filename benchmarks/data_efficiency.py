@@ -23,8 +23,8 @@ Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py --preset cu-curve  # Cu N = 25 … 400, PaiNN 32×3: ~75 min a seed
     python benchmarks/data_efficiency.py --preset cpu       # Cu + ethanol, 2 seeds, 4 models: many hours
     python benchmarks/data_efficiency.py --preset full      # the issue's full grid (days on 2 cores)
-``--seeds`` and ``--models`` replace a preset's seeds and models and ``--sizes`` trains only some of
-its N, e.g. more seeds of ``mini-mol``:
+``--seeds``, ``--models`` and ``--methods`` replace a preset's seeds, models and methods and
+``--sizes`` trains only some of its N, e.g. more seeds of ``mini-mol``:
     python benchmarks/data_efficiency.py --preset mini-mol --seeds 0 1 2
 """
 
@@ -507,6 +507,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="replace the preset's seeds")
     parser.add_argument("--sizes", type=int, nargs="+", help="train only these of its sizes N (same pool)")
     parser.add_argument("--models", nargs="+", choices=[*MODELS, "mace"], help="replace the preset's models")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, help="replace the preset's methods")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-tune", action="store_true", help="skip the (ε, w) grid for energy-only PIWSL")
     parser.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
@@ -520,7 +521,9 @@ def main() -> None:
     if set(args.sizes or []) - set(PRESETS[args.preset]["sizes"]):
         parser.error(f"--sizes: preset {args.preset!r} has sizes {PRESETS[args.preset]['sizes']}")
     p = PRESETS[args.preset] | {
-        name: value for name, value in (("seeds", args.seeds), ("models", args.models)) if value
+        name: value
+        for name, value in (("seeds", args.seeds), ("models", args.models), ("methods", args.methods))
+        if value
     }
     WORK.mkdir(parents=True, exist_ok=True)
     edata.N_TEST, edata.TEST_SIZE = p["n_test"], p.get("test_size", edata.TEST_SIZE)
