@@ -20,7 +20,7 @@ Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py --preset water-default-size  # water, default model sizes
     python benchmarks/data_efficiency.py --preset ethanol-default-size  # ethanol, PaiNN 128×3
     python benchmarks/data_efficiency.py --preset cu-default-size  # Cu N = 25, PaiNN 128×3
-    python benchmarks/data_efficiency.py --preset cu-curve  # Cu N = 25 … 400, PaiNN 32×3: ~75 min a seed
+    python benchmarks/data_efficiency.py --preset cu-curve  # Cu N = 25 … 400, PaiNN 32×3: ~2 h/seed
     python benchmarks/data_efficiency.py --preset cpu       # Cu + ethanol, 2 seeds, 4 models: many hours
     python benchmarks/data_efficiency.py --preset full      # the full grid (days on 2 cores)
 ``--seeds``, ``--models`` and ``--methods`` replace a preset's seeds, models and methods and
