@@ -111,10 +111,13 @@ class TrainConfig:
         d["model"].update(d["model"].pop("extra"))
         for key in ("train", "valid", "test"):  # in-memory data cannot be written to YAML
             if not isinstance(d["data"][key], (str, int, float, type(None))):
-                d["data"][key] = f"<{len(d['data'][key])} structures in memory>"
+                d["data"][key] = f"<{len(d['data'][key])}{_IN_MEMORY}"
         return to_plain(d)
 
 
+#: How ``TrainConfig.to_dict`` names data given in memory (after its count); resume compares such
+#: data by fingerprint, not by this name.
+_IN_MEMORY = " structures in memory>"
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "loss": LossConfig, "optim": OptimConfig}
 
 
@@ -254,7 +257,7 @@ def _resumable_config(config: dict[str, Any]) -> dict[str, Any]:
     """The config as resume compares it: without the output folder, and with data given in memory
     named only as such (its structures and labels are compared by fingerprint)."""
     data = {
-        k: "<in memory>" if isinstance(v, str) and v.endswith(" structures in memory>") else v
+        k: "<in memory>" if isinstance(v, str) and v.endswith(_IN_MEMORY) else v
         for k, v in config["data"].items()
     }
     return {k: v for k, v in config.items() if k != "output"} | {"data": data}
