@@ -21,6 +21,7 @@ Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py --preset ethanol-default-size  # ethanol, PaiNN 128×3
     python benchmarks/data_efficiency.py --preset cu-default-size  # Cu N = 25, PaiNN 128×3
     python benchmarks/data_efficiency.py --preset cu-curve  # Cu N = 25 … 400, PaiNN 32×3: ~2 h/seed
+    python benchmarks/data_efficiency.py --preset ethanol-curve  # ethanol N = 25 … 1000, PaiNN 32×3
     python benchmarks/data_efficiency.py --preset cpu       # Cu + ethanol, 2 seeds, 4 models: many hours
     python benchmarks/data_efficiency.py --preset full      # the issue's full grid (days on 2 cores)
 ``--seeds``, ``--models`` and ``--methods`` replace a preset's seeds, models and methods and
@@ -183,6 +184,14 @@ PRESETS["cu-curve"] = {
     "models": ["painn"],
     "methods": ["E", "E+PIWSL k=½", "E+F", "Δ E"],
 }
+# ethanol learning curve N = 25 … 1000, PaiNN 32×3, as the molecule preset otherwise (a pool of 1,760
+# structures, so other splits and test set than mini-mol's): where the cheap method carries the
+# forces, does energy-only training with or without PITC/PISC reach force training as energies grow?
+PRESETS["ethanol-curve"] = {
+    **PRESETS["ethanol-default-size"],
+    "sizes": [25, 50, 100, 200, 400, 1000],
+    "models": ["painn"],
+}
 #: Our models: PaiNN 32×3 (small enough to train to early stopping on 2 CPU cores) and the defaults.
 MODELS = {
     "painn": {"name": "painn", "n_features": 32, "n_interactions": 3},
@@ -218,7 +227,10 @@ MACE_ARGS = {
 TRAINER = "ema-warmup"
 DEFAULT_LR = 2e-3  # our models' learning rate; a preset may set its own ("lr")
 LR = DEFAULT_LR
-POOL_ID: dict[str, str] = {}  # system -> its training pool's id (efficiency_data.train_pool_id), set by main
+#: Set by main, per system: its training pool's id (efficiency_data.train_pool_id) and its test
+#: set's fingerprint (efficiency_data.test_fingerprint, computed once, not per row).
+POOL_ID: dict[str, str] = {}
+TEST_ID: dict[str, str] = {}
 PEER_METHODS = ("E", "E+F")  # MACE has no PITC/PISC, Δ or fine-tuning column here
 PIWSL_GRID = [(0.02, 0.1), (0.05, 0.1), (0.05, 1.0)]  # (ε Å, w_PITC); w_PISC = w_PITC / 100
 
@@ -388,7 +400,7 @@ def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e,
         "valid_energy_mae_meV_atom": 1e3 * valid_e,
         "train_pool": POOL_ID[system],
         "n_test": len(test),
-        "test_set": edata.test_fingerprint(system),
+        "test_set": TEST_ID[system],
     }
 
 
@@ -538,7 +550,7 @@ def main() -> None:
             systems.append(system)
         else:
             print(f"skipping {system}: {edata.available.reason}")
-    test_id = {s: edata.test_fingerprint(s) for s in systems}
+    TEST_ID.update({s: edata.test_fingerprint(s) for s in systems})
     POOL_ID.update({s: edata.train_pool_id(s) for s in systems})
     earlier = {run_key(r): r for r in load_runs() if r.get("trainer") == TRAINER}
     # a run scored on another test set, or without the preset's NVT column, is evaluated again (its
@@ -546,7 +558,7 @@ def main() -> None:
     done = {
         k
         for k, r in earlier.items()
-        if r.get("test_set") == test_id.get(r["system"])
+        if r.get("test_set") == TEST_ID.get(r["system"])
         and (not needs_nvt or "E+F" in r["method"] or "nvt_stable_ps" in r)
     }
     for system in [] if args.table_only else systems:
@@ -580,7 +592,7 @@ def main() -> None:
         r
         for r in load_runs()
         if r["system"] in systems
-        and r.get("test_set") == test_id[r["system"]]
+        and r.get("test_set") == TEST_ID[r["system"]]
         and r.get("train_pool") == POOL_ID[r["system"]]
         and r.get("trainer") == TRAINER
         and r["n"] in p["sizes"]
