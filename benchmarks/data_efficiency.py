@@ -430,12 +430,13 @@ def load_runs() -> list[dict]:
 def table(runs: list[dict], preset: str, threads: int) -> str:
     nvt = PRESETS[preset].get("nvt")
     seeds = sorted({r["seed"] for r in runs})
+    used = {m: MODELS[m] for m in sorted({r["model"] for r in runs}) if m in MODELS}
     lines = [
         "# Data efficiency: test errors vs training-set size",
         "",
         f"Preset `{preset}` ({PRESETS[preset]['epochs']} epochs at most; seeds {seeds}, "
         "the 'seeds' column counts those of each row); "
-        f"machine {platform.machine()}, torch {torch.__version__}, {threads} threads, CPU. Models: {MODELS}. "
+        f"machine {platform.machine()}, torch {torch.__version__}, {threads} threads, CPU. Models: {used}. "
         f"Ours (trainer `{TRAINER}`): AdamW lr {PRESETS[preset].get('lr', DEFAULT_LR)}, batch 8, EMA 0.99 "
         "(warm-up min(0.99, (1+t)/(10+t)) at update t), ReduceLROnPlateau, early stopping on validation loss "
         "(20 % of N held out for validation). MACE (`mace` rows, mace-torch's own trainer, energy-only and "
@@ -460,8 +461,8 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
             else ""
         ),
         "",
-        "| system | model | method | N | seeds | E MAE meV/atom | F MAE meV/Å | F RMSE meV/Å | ε Å, w_PITC |"
-        + (" NVT stable ps |" if nvt else ""),
+        "| system | model | method | N | seeds | E MAE meV/atom | F MAE meV/Å | F RMSE meV/Å "
+        "| (ε Å, w_PITC) chosen |" + (" NVT stable ps |" if nvt else ""),
         "|---|---|---|---|---|---|---|---|---|" + ("---|" if nvt else ""),
     ]
     keys = sorted({(r["system"], r["model"], r["method"], r["n"]) for r in runs})
@@ -473,7 +474,7 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             return f"{statistics.mean(vals):.{digits}f} ± {sd:.{digits}f}"
 
-        chosen = ", ".join(sorted({f"{r['eps']}, {r['w']}" for r in rs})) if "PIWSL" in method else ""
+        chosen = " / ".join(sorted({f"({r['eps']}, {r['w']})" for r in rs})) if "PIWSL" in method else ""
         stable = [r["nvt_stable_ps"] for r in rs if "nvt_stable_ps" in r]
         lines.append(
             f"| {system} | {model} | {method} | {n} | {len(rs)} | {ms('test_energy_mae_meV_atom')} | "

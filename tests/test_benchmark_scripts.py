@@ -68,7 +68,7 @@ def test_data_efficiency_quick(tmp_path):
     assert sorted(r[2] for r in rows) == ["E", "E+F", "E+PIWSL k=½"]
     assert all(math.isfinite(v) and v > 0 for r in rows for v in means(r[5:8]))
     settings = {r[2]: r[8] for r in rows}  # the PIWSL run's (ε, w_PITC); none for the others
-    assert settings == {"E": "", "E+F": "", "E+PIWSL k=½": "0.05, 1.0"}
+    assert settings == {"E": "", "E+F": "", "E+PIWSL k=½": "(0.05, 1.0)"}
     stable = {r[2]: r[9] for r in rows}  # NVT stable time (ps) of the energy-only models only
     assert stable["E+F"] == ""
     assert all(0.0 <= means([stable[m]])[0] <= 0.05 for m in ("E", "E+PIWSL k=½"))
