@@ -26,8 +26,13 @@ N_TEST = 500  # held out of the pool (set by data_efficiency.py; it fixes the tr
 TEST_SIZE = 500  # the test set: held-out structures plus extra MD snapshots (water: what it ships)
 N_PRETRAIN = 200
 EXTRA_SEEDS = 100  # MD seeds of the extra test runs start here (the pool's runs use 0, 1, ...)
-WORKERS = 1  # processes labelling the extra water test structures (MP2)
+WORKERS = 1  # processes labelling water structures with MP2 (set by data_efficiency.py: --threads)
 POOL = 2000  # set by data_efficiency.py to what the preset needs
+#: Water's pool: "shipped" (the shipped MP2 set, 300 structures, in file order) or "md" (POOL new
+#: geometries made and labelled as the shipped set, at all three of its temperatures, MD seeds
+#: WATER_POOL_SEEDS, shuffled); set by data_efficiency.py from the preset.
+WATER_POOL = "shipped"
+WATER_POOL_SEEDS = (10, 11)
 
 
 def cheap_calc(system: str):
@@ -105,6 +110,11 @@ def _cached(path: Path, build) -> list:
 
 
 def pool(system: str) -> list:
+    if system == "water" and WATER_POOL == "md":
+        from pimlip_ase.datasets.generate_cbs_water import TEMPERATURES_K
+
+        build = lambda: _water_labelled(WORK / f"water_pool_{POOL}", POOL, TEMPERATURES_K, WATER_POOL_SEEDS)  # noqa: E731
+        return _cached(WORK / f"pool_water_md_{POOL}.extxyz", build)
     if system == "water":
         from pimlip_ase.datasets import load_dataset
 
@@ -123,18 +133,15 @@ def _splits(system: str):
     return p[:n_test], p[n_test : n_test + n_pre], p[n_test + n_pre :]
 
 
-def _water_extra(n: int) -> list:
-    """n more water test structures made as the shipped set was (GFN2-xTB MD, labelled with
-    MP2/cc-pVTZ energies + forces and GFN2-xTB), at 600 and 1000 K — the temperatures of its held-out
-    half — with seeds it does not use. Labels go through resumable stores under WORK (about 2 s per
-    MP2 gradient and worker)."""
+def _water_labelled(folder: Path, n: int, temperatures: tuple, seeds: tuple) -> list:
+    """n water geometries made as the shipped set was (GFN2-xTB MD, one trajectory per temperature K
+    and seed), labelled with MP2/cc-pVTZ energies + forces (REF) and GFN2-xTB (CHEAP) through resumable
+    stores under ``folder`` (about 1 s per MP2 gradient and worker), shuffled."""
     from pimlip_ase.datasets import generate_cbs_water as gen
     from pimlip_ase.workflow.label import make_labeller
     from pimlip_ase.workflow.store import label_pending
 
-    temperatures, seeds = (600.0, 1000.0), (EXTRA_SEEDS, EXTRA_SEEDS + 1)
     per_run = -(-n // (len(temperatures) * len(seeds)))
-    folder = WORK / f"water_test_extra_{n}"
     geometries = lambda: gen.sample_geometries(per_run, temperatures_K=temperatures, seeds=seeds)  # noqa: E731
     stores = gen.open_stores(folder, geometries, ["mp2", "xtb"])
     for name, store in stores.items():
@@ -148,6 +155,12 @@ def _water_extra(n: int) -> list:
         a.info["CHEAP_energy"], a.arrays["CHEAP_forces"] = b.info["REF_energy"], b.arrays["REF_forces"]
     rng = np.random.default_rng(12345)
     return [mp2[i] for i in rng.permutation(len(mp2))][:n]
+
+
+def _water_extra(n: int) -> list:
+    """n more water test structures at 600 and 1000 K — the temperatures of the shipped set's
+    held-out half — from MD seeds neither the shipped set nor the generated pool uses."""
+    return _water_labelled(WORK / f"water_test_extra_{n}", n, (600.0, 1000.0), (EXTRA_SEEDS, EXTRA_SEEDS + 1))
 
 
 def test_set(system: str) -> list:
@@ -241,10 +254,15 @@ def available(system: str) -> bool:
 
 def describe() -> str:
     return (
-        f"Cu: EMT Langevin MD of a 32-atom cell and a 31-atom vacancy cell at 300/600/900/1200 K "
-        f"(2 fs, every 10th step); ethanol: GFN2-xTB Langevin MD at 500 K (0.5 fs, every 10th step); "
-        f"water: shipped MP2 set. Test sets of {max(N_TEST, TEST_SIZE)} structures: the pool's held-out "
+        "Cu: EMT Langevin MD of a 32-atom cell and a 31-atom vacancy cell at 300/600/900/1200 K "
+        "(2 fs, every 10th step); ethanol: GFN2-xTB Langevin MD at 500 K (0.5 fs, every 10th step); "
+        + (
+            f"water: {POOL} geometries from GFN2-xTB Langevin MD at 600/1000/1500 K (MD seeds "
+            f"{WATER_POOL_SEEDS}, 0.5 fs, every 20th step) labelled with MP2/cc-pVTZ, as the shipped set. "
+            if WATER_POOL == "md"
+            else "water: shipped MP2 set. "
+        )
+        + f"Test sets of {max(N_TEST, TEST_SIZE)} structures: the pool's held-out "
         "structures plus snapshots of further MD runs with other seeds (water: GFN2-xTB MD at 600 and "
-        "1000 K, the temperatures of its held-out half, labelled with MP2/cc-pVTZ), disjoint from "
-        "training"
+        "1000 K labelled with MP2/cc-pVTZ), disjoint from training"
     )

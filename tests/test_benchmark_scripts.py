@@ -102,3 +102,32 @@ def test_data_efficiency_quick(tmp_path):
         epochs = list(csv.DictReader(fh))
     assert resumed["method"] == "E" and resumed["train_s"] == sum(float(r["time_s"]) for r in epochs)
     assert resumed["test_forces_mae_meV_A"] == pytest.approx(first[0]["test_forces_mae_meV_A"], rel=1e-9)
+
+
+def test_water_md_pool(tmp_path, monkeypatch):
+    """The water learning curve's generated pool: made as the shipped set (GFN2-xTB MD at its three
+    temperatures, with MD seeds the shipped set and the extra test runs do not use), MP2/cc-pVTZ
+    reference and GFN2-xTB cheap labels on every structure, shuffled, cached, identical when re-read."""
+    pytest.importorskip("pyscf")
+    pytest.importorskip("tblite")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import efficiency_data as edata
+
+    from pimlip_ase.datasets.generate_cbs_water import SEEDS, TEMPERATURES_K
+
+    monkeypatch.setattr(edata, "WORK", tmp_path)
+    monkeypatch.setattr(edata, "WATER_POOL", "md")
+    monkeypatch.setattr(edata, "POOL", 6)
+    pool = edata.pool("water")
+    assert len(pool) == 6
+    assert {a.info["md_temperature_K"] for a in pool} == set(TEMPERATURES_K)
+    assert {int(a.info["md_seed"]) for a in pool} == set(edata.WATER_POOL_SEEDS)
+    assert not set(edata.WATER_POOL_SEEDS) & {*SEEDS, edata.EXTRA_SEEDS, edata.EXTRA_SEEDS + 1}
+    assert [int(a.info["frame"]) for a in pool] != sorted(int(a.info["frame"]) for a in pool)
+    for a in pool:
+        assert a.get_chemical_symbols() == ["O", "H", "H"] and a.info["REF_method"] == "mp2/cc-pvtz"
+        assert abs(a.info["REF_energy"] - a.info["CHEAP_energy"]) > 1.0  # MP2 and xTB: other zeros
+        assert a.arrays["REF_forces"].shape == a.arrays["CHEAP_forces"].shape == (3, 3)
+        assert abs(a.arrays["REF_forces"].sum(axis=0)).max() < 1e-6  # translation invariance
+    again = edata.pool("water")
+    assert [a.info["REF_energy"] for a in again] == [a.info["REF_energy"] for a in pool]
