@@ -109,6 +109,14 @@ def _cached(path: Path, build) -> list:
     return list(ase.io.read(path, ":"))
 
 
+def _with_cheap(ref: list, cheap: list) -> list:
+    """``ref`` (MP2-labelled water) with the REF labels of ``cheap`` (the same geometries, GFN2-xTB)
+    as its CHEAP labels."""
+    for a, b in zip(ref, cheap, strict=True):
+        a.info["CHEAP_energy"], a.arrays["CHEAP_forces"] = b.info["REF_energy"], b.arrays["REF_forces"]
+    return ref
+
+
 def pool(system: str) -> list:
     if system == "water" and WATER_POOL == "md":
         from pimlip_ase.datasets.generate_cbs_water import TEMPERATURES_K
@@ -118,10 +126,7 @@ def pool(system: str) -> list:
     if system == "water":
         from pimlip_ase.datasets import load_dataset
 
-        mp2, xtb = load_dataset("water_mp2"), load_dataset("water_xtb")
-        for a, b in zip(mp2, xtb, strict=True):
-            a.info["CHEAP_energy"], a.arrays["CHEAP_forces"] = b.info["REF_energy"], b.arrays["REF_forces"]
-        return mp2
+        return _with_cheap(load_dataset("water_mp2"), load_dataset("water_xtb"))
     return _cached(WORK / f"pool_{system}_{POOL}.extxyz", lambda: _build_pool(system, POOL))
 
 
@@ -150,9 +155,7 @@ def _water_labelled(folder: Path, n: int, temperatures: tuple, seeds: tuple) -> 
         if store.failures():
             raise RuntimeError(f"{name} labels failed for rows {sorted(store.failures())}: see {folder}")
     gen.export(stores, folder, prefix="water")
-    mp2, xtb = (list(ase.io.read(folder / f"water_{name}.extxyz", ":")) for name in ("mp2", "xtb"))
-    for a, b in zip(mp2, xtb, strict=True):
-        a.info["CHEAP_energy"], a.arrays["CHEAP_forces"] = b.info["REF_energy"], b.arrays["REF_forces"]
+    mp2 = _with_cheap(*(list(ase.io.read(folder / f"water_{name}.extxyz", ":")) for name in ("mp2", "xtb")))
     rng = np.random.default_rng(12345)
     return [mp2[i] for i in rng.permutation(len(mp2))][:n]
 
