@@ -11,7 +11,9 @@ from ase.calculators.calculator import BaseCalculator
 
 from .data import Graph, iterate_batches
 from .keys import ENERGY, FORCES
+from .losses import taylor_residual, work
 from .models import PotentialModel
+from .perturb import zero_mean_displacements
 
 #: Metric names and units, in the order tables print them.
 METRICS = {
@@ -79,6 +81,38 @@ def error_metrics(model: PotentialModel, graphs: Sequence[Graph], batch_size: in
         if name != "energy_per_atom":
             result[f"n_{name}"] = err.numel() // count_div
     return result
+
+
+def taylor_consistency(
+    model: PotentialModel,
+    graphs: Sequence[Graph],
+    epsilon: float = 0.05,
+    k: float = 0.5,
+    draws: int = 4,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> float:
+    """RMS over structures and draws of the per-atom Taylor residual (eV/atom) of the model's own
+    energies and forces: |E(R + δ) − E(R) + Σ_i δ_i · ((1−k) F_i(R) + k F_i(R + δ))| / n_atoms, with δ
+    zero-mean random displacements of amplitude ``epsilon`` Å (the PITC residual, ``losses.py``).
+
+    Needs no labels. For forces that are −∇E it is O(ε³) at k = ½ (curvature alone, O(ε²), at k = 0);
+    a direct force head that disagrees with its energy leaves a residual O(ε). Energy-only training
+    cannot see a direct head through validation energies; this can.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    squares = []
+    for _ in range(draws):
+        for batch in iterate_batches(graphs, batch_size, shuffle=False):
+            n = batch.n_structures
+            step = zero_mean_displacements(batch.batch, n, epsilon, "uniform", gen, batch.positions.dtype)
+            moved = batch.with_positions(batch.positions + step, model.cutoff)
+            ends = [model(g, forces=True) for g in (batch, moved)]
+            e_a, e_c = (o["energy"].detach() for o in ends)
+            w_a, w_c = (work(o["forces"].detach(), step, batch.batch, n) for o in ends)
+            r = taylor_residual(e_a, w_a, e_c, w_c, k) / batch.n_atoms.to(e_a.dtype)
+            squares.append(r**2)
+    return float(torch.cat(squares).mean().sqrt())
 
 
 def calculator_errors(
