@@ -41,14 +41,17 @@ def _format_metrics(title: str, m: dict[str, float]) -> str:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .data import LabelKeys, build_graphs, read_structures
-    from .evaluate import error_metrics
+    from .evaluate import error_metrics, taylor_consistency
     from .modelfile import load_model
 
     model = load_model(args.model, device=args.device)
     keys = LabelKeys(args.energy_key, args.forces_key, args.stress_key, args.energy_unit)
     structures = read_structures(args.data)
-    metrics = error_metrics(model, build_graphs(structures, model.cutoff, keys), args.batch_size)
+    graphs = build_graphs(structures, model.cutoff, keys)
+    metrics = error_metrics(model, graphs, args.batch_size)
     metrics = {k: v for k, v in metrics.items() if not k.startswith("mse_")}
+    if not model.conservative:  # a direct force head: how far its forces are from −∇E (needs no labels)
+        metrics["taylor_residual_rms"] = taylor_consistency(model, graphs, batch_size=args.batch_size)
     if args.json:
         print(
             json.dumps(
@@ -64,6 +67,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
     else:
         print(_format_metrics(f"{args.model} on {args.data} ({len(structures)} structures)", metrics))
+        if "taylor_residual_rms" in metrics:
+            print(
+                "  direct forces vs the model's own energies: RMS Taylor residual "
+                f"{1e3 * metrics['taylor_residual_rms']:.3f} meV/atom (ε 0.05 Å, k = ½; ~0 for −∇E)"
+            )
     return 0
 
 

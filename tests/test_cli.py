@@ -8,7 +8,9 @@ import ase.io
 import pytest
 import yaml
 
+from pimlip_ase import build_model
 from pimlip_ase.cli import build_parser, main
+from pimlip_ase.modelfile import save_model
 
 
 def test_every_command_has_help(capsys):
@@ -55,6 +57,23 @@ def test_train_then_eval(cu_dataset, tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n_structures"] == 6 and metrics["n_forces"] == 6 * 32
     assert 0 < metrics["forces_mae"] < 5 and metrics["stress_mae"] > 0
+
+
+def test_eval_reports_the_taylor_residual_of_a_direct_force_head(cu_dataset, tmp_path, capsys):
+    ase.io.write(tmp_path / "test.extxyz", cu_dataset[30:33])
+    for forces, expected in (("direct", True), ("autograd", False)):
+        model = build_model(
+            "painn", species=["Cu"], cutoff=3.0, n_features=8, n_interactions=1, forces=forces
+        )
+        save_model(model, tmp_path / f"{forces}.pt")
+        argv = ["eval", "--model", str(tmp_path / f"{forces}.pt"), "--data", str(tmp_path / "test.extxyz")]
+        assert main(argv + ["--json"]) == 0
+        metrics = json.loads(capsys.readouterr().out)
+        assert ("taylor_residual_rms" in metrics) is expected
+        if expected:
+            assert metrics["taylor_residual_rms"] > 0
+            assert main(argv) == 0
+            assert "RMS Taylor residual" in capsys.readouterr().out
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
