@@ -131,3 +131,26 @@ def test_water_md_pool(tmp_path, monkeypatch):
         assert abs(a.arrays["REF_forces"].sum(axis=0)).max() < 1e-6  # translation invariance
     again = edata.pool("water")
     assert [a.info["REF_energy"] for a in again] == [a.info["REF_energy"] for a in pool]
+
+
+def test_direct_heads_choose_piwsl_settings_by_energy_and_taylor_residual(monkeypatch):
+    """Energy-only PITC/PISC runs of a direct-force head pick (ε, w) by validation energy + the head's
+    Taylor residual; every other run keeps validation energy alone, and rows chosen by the two rules
+    are neither reused for each other nor tabulated together."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import data_efficiency as de
+
+    assert de.selection("painn-direct", "E+PIWSL k=½", tune=True) == de.DIRECT_SELECTION
+    assert de.selection("painn-128-direct", "E+PIWSL k=0", tune=True) == de.DIRECT_SELECTION
+    for model, method, tune in (
+        ("painn", "E+PIWSL k=½", True),  # conservative: validation energy
+        ("painn-direct", "E+PIWSL k=½", False),  # untuned: nothing to choose
+        ("painn-direct", "E+F+PIWSL k=½", True),  # with forces: no (ε, w) grid
+        ("painn-direct", "E", True),
+    ):
+        assert de.selection(model, method, tune) is None
+    row = {"system": "cu", "train_pool": "p", "method": "E+PIWSL k=½", "model": "painn-direct", "n": 25}
+    row |= {"seed": 0, "epochs": 60, "lr": 2e-3}
+    chosen = row | {"select": de.DIRECT_SELECTION}
+    assert de.run_key(row) != de.run_key(chosen)
+    assert de.column(row) == "E+PIWSL k=½" != de.column(chosen)
