@@ -595,6 +595,7 @@ def main() -> None:
     edata.POOL = edata.N_TEST + edata.N_PRETRAIN + int(1.25 * largest) + 10
     LR = p.get("lr", DEFAULT_LR)
     needs_nvt = p.get("nvt") is not None
+    tune = p.get("tune", True) and not args.no_tune
     systems = []
     for system in p["systems"]:
         if edata.available(system):
@@ -624,11 +625,10 @@ def main() -> None:
                     for method in [m for m in p["methods"] if m in methods]:
                         fields = {"system": system, "method": method, "model": model, "n": n}
                         fields["train_pool"] = POOL_ID[system]
-                        fields["select"] = selection(model, method, p.get("tune", True) and not args.no_tune)
+                        fields["select"] = selection(model, method, tune)
                         key = run_key(fields | {"seed": seed, "epochs": p["epochs"], "lr": LR})
                         if key in done:
                             continue
-                        tune = p.get("tune", True) and not args.no_tune
                         prev = earlier.get(key, {})
                         nvt = None if "nvt_stable_ps" in prev else p.get("nvt")
                         row = run_one(system, method, model, n, seed, p["epochs"], tune, nvt)
