@@ -52,6 +52,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     metrics = {k: v for k, v in metrics.items() if not k.startswith("mse_")}
     if not model.conservative:  # a direct force head: how far its forces are from −∇E (needs no labels)
         metrics["taylor_residual_rms"] = taylor_consistency(model, graphs, batch_size=args.batch_size)
+        if metrics["forces_mae"] == metrics["forces_mae"]:  # and, with force labels, how good −∇E is
+            with model.forces_from_energy():
+                gradient = error_metrics(model, graphs, args.batch_size)
+            metrics |= {f"forces_from_energy_{s}": gradient[f"forces_{s}"] for s in ("mae", "rmse")}
     if args.json:
         print(
             json.dumps(
@@ -71,6 +75,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             print(
                 "  direct forces vs the model's own energies: RMS Taylor residual "
                 f"{1e3 * metrics['taylor_residual_rms']:.3f} meV/atom (ε 0.05 Å, k = ½; ~0 for −∇E)"
+            )
+        if "forces_from_energy_mae" in metrics:
+            print(
+                "  forces as −∇E of the model's energy instead of its head: MAE "
+                f"{1e3 * metrics['forces_from_energy_mae']:.3f}, RMSE "
+                f"{1e3 * metrics['forces_from_energy_rmse']:.3f} meV/Å"
             )
     return 0
 

@@ -67,9 +67,10 @@ def test_data_efficiency_quick(tmp_path):
     rows = table_rows(text, "cu")
     assert sorted(r[2] for r in rows) == ["E", "E+F", "E+PIWSL k=½"]
     assert all(math.isfinite(v) and v > 0 for r in rows for v in means(r[5:8]))
-    settings = {r[2]: r[8] for r in rows}  # the PIWSL run's (ε, w_PITC); none for the others
+    assert all(r[8] == "" for r in rows)  # −∇E errors: direct-force heads only
+    settings = {r[2]: r[9] for r in rows}  # the PIWSL run's (ε, w_PITC); none for the others
     assert settings == {"E": "", "E+F": "", "E+PIWSL k=½": "(0.05, 1.0)"}
-    stable = {r[2]: r[9] for r in rows}  # NVT stable time (ps) of the energy-only models only
+    stable = {r[2]: r[10] for r in rows}  # NVT stable time (ps) of the energy-only models only
     assert stable["E+F"] == ""
     assert all(0.0 <= means([stable[m]])[0] <= 0.05 for m in ("E", "E+PIWSL k=½"))
     assert "zero-force predictor" in text
@@ -102,6 +103,23 @@ def test_data_efficiency_quick(tmp_path):
         epochs = list(csv.DictReader(fh))
     assert resumed["method"] == "E" and resumed["train_s"] == sum(float(r["time_s"]) for r in epochs)
     assert resumed["test_forces_mae_meV_A"] == pytest.approx(first[0]["test_forces_mae_meV_A"], rel=1e-9)
+    # a direct-force head's row also scores the gradient of its energy; a row without it is scored again
+    direct = ("--models", "painn-direct", "--methods", "E+F")
+    run_script("data_efficiency.py", "--preset", "quick", *direct, results=tmp_path)
+    row = json.loads(runs.read_text().splitlines()[-1])
+    assert row["model"] == "painn-direct" and row["test_grad_forces_mae_meV_A"] > 0
+    assert row["test_grad_forces_mae_meV_A"] != row["test_forces_mae_meV_A"]
+    (cell,) = [
+        r[8]
+        for r in table_rows((tmp_path / "data_efficiency_quick.md").read_text(), "cu")
+        if r[1] == "painn-direct"
+    ]
+    assert means([cell])[0] == pytest.approx(row["test_grad_forces_mae_meV_A"], abs=0.06)
+    runs.write_text(runs.read_text() + json.dumps({k: v for k, v in row.items() if "grad" not in k}) + "\n")
+    run_script("data_efficiency.py", "--preset", "quick", *direct, results=tmp_path)
+    again = json.loads(runs.read_text().splitlines()[-1])
+    assert again["train_s"] == row["train_s"]  # its saved model, not trained again
+    assert again["test_grad_forces_mae_meV_A"] == pytest.approx(row["test_grad_forces_mae_meV_A"], rel=1e-9)
 
 
 def test_water_md_pool(tmp_path, monkeypatch):

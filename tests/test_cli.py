@@ -70,10 +70,13 @@ def test_eval_reports_the_taylor_residual_of_a_direct_force_head(cu_dataset, tmp
         assert main(argv + ["--json"]) == 0
         metrics = json.loads(capsys.readouterr().out)
         assert ("taylor_residual_rms" in metrics) is expected
+        assert ("forces_from_energy_mae" in metrics) is expected  # the head vs its energy's gradient
         if expected:
             assert metrics["taylor_residual_rms"] > 0
+            assert 0 < metrics["forces_from_energy_mae"] != metrics["forces_mae"]
             assert main(argv) == 0
-            assert "RMS Taylor residual" in capsys.readouterr().out
+            out = capsys.readouterr().out
+            assert "RMS Taylor residual" in out and "forces as −∇E of the model's energy" in out
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):

@@ -10,6 +10,7 @@ from ase.build import bulk, molecule
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
 from pimlip_ase import PIMLIPCalculator, build_model
+from pimlip_ase.data import atoms_to_graph
 from pimlip_ase.errors import ConfigError, UnknownElementError
 
 from .conftest import cu_cell
@@ -163,3 +164,10 @@ def test_direct_head_is_equivariant_but_not_a_gradient():
     numeric = calculate_numerical_forces(atoms, eps=1e-4)
     assert np.abs(forces).max() > 1e-3
     assert np.abs(forces - numeric).max() > 1e-3  # a direct head is not −∇E
+    graph = atoms_to_graph(atoms, model.cutoff)
+    with model.forces_from_energy():  # the same model's energy gradient, its head unused
+        assert model.conservative
+        gradient = model(graph)["forces"].detach().numpy()
+    np.testing.assert_allclose(gradient, numeric, atol=1e-6)
+    assert model.forces_mode == "direct"  # the head serves again after the block
+    np.testing.assert_allclose(model(graph)["forces"].detach().numpy(), forces, atol=1e-12)

@@ -14,7 +14,8 @@ network's vector head instead and are not the gradient of E (not conservative).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -83,6 +84,16 @@ class PotentialModel(nn.Module):
     @property
     def conservative(self) -> bool:
         return self.forces_mode == "autograd"
+
+    @contextmanager
+    def forces_from_energy(self) -> Iterator[PotentialModel]:
+        """Within the block, forces are −∇E of the model's energy (eV/Å) also for a direct-force model,
+        whose head then goes unused: e.g. to compare the head with its own energy's gradient."""
+        mode, self.forces_mode = self.forces_mode, "autograd"
+        try:
+            yield self
+        finally:
+            self.forces_mode = mode
 
     def set_reference(self, e0: Sequence[float], scale: float, shift: float) -> None:
         """Set per-element E0 (eV, in ``species`` order), and the output scale and shift (eV)."""
