@@ -168,6 +168,8 @@ def test_direct_head_is_equivariant_but_not_a_gradient():
     with model.forces_from_energy():  # the same model's energy gradient, its head unused
         assert model.conservative
         gradient = model(graph)["forces"].detach().numpy()
+        atoms.calc = PIMLIPCalculator(model)  # e.g. to run MD on the gradient
+        np.testing.assert_allclose(atoms.get_forces(), gradient, atol=1e-12)
     np.testing.assert_allclose(gradient, numeric, atol=1e-6)
     assert model.forces_mode == "direct"  # the head serves again after the block
     np.testing.assert_allclose(model(graph)["forces"].detach().numpy(), forces, atol=1e-12)
