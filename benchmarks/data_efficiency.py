@@ -419,7 +419,8 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
     test = edata.test_set(system)
     if method.startswith("Δ"):  # error of cheap + Δ_model against REF = error of Δ_model against REF − cheap
         test = edata.delta_labels(system, test)
-    metrics = error_metrics(m, build_graphs(test, m.cutoff))
+    graphs = build_graphs(test, m.cutoff)
+    metrics = error_metrics(m, graphs)
     row = _row(
         system, method, model, n, seed, epochs, eps, w, secs, metrics, val["energy_per_atom_mae"], test
     )
@@ -427,7 +428,7 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
         row |= {"select": rule, "valid_consistency_meV_atom": 1e3 * val["consistency"]}
     if not m.conservative:  # the head vs its own energy's gradient, on the same test set
         with m.forces_from_energy():
-            grad = error_metrics(m, build_graphs(test, m.cutoff))
+            grad = error_metrics(m, graphs)
         row |= {k: 1e3 * grad[f"forces_{s}"] for k, s in GRAD_KEYS.items()}
     if nvt and energy_only:
         delta = method.startswith("Δ")
