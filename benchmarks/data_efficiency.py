@@ -271,11 +271,16 @@ DIRECT_SELECTION = "energy+consistency"
 GRAD_KEYS = {"test_grad_forces_mae_meV_A": "mae", "test_grad_forces_rmse_meV_A": "rmse"}
 
 
+def is_direct(model: str) -> bool:
+    """Whether one of our models (by MODELS key) predicts forces with a direct head; MACE: no."""
+    return MODELS.get(model, {}).get("forces") == "direct"
+
+
 def selection(model: str, method: str, tune: bool) -> str | None:
     """The rule that picks a run's (ε, w): None for untuned runs and conservative models (validation
     energy alone), DIRECT_SELECTION for energy-only PIWSL runs of direct-force heads."""
-    direct = MODELS.get(model, {}).get("forces") == "direct"
-    return DIRECT_SELECTION if tune and direct and "PIWSL" in method and "E+F" not in method else None
+    energy_only_piwsl = "PIWSL" in method and "E+F" not in method
+    return DIRECT_SELECTION if tune and is_direct(model) and energy_only_piwsl else None
 
 
 def loss_for(method: str, eps: float = 0.05, w: float = 1.0) -> dict:
@@ -634,7 +639,7 @@ def main() -> None:
         for k, r in earlier.items()
         if r.get("test_set") == TEST_ID.get(r["system"])
         and (not needs_nvt or "E+F" in r["method"] or "nvt_stable_ps" in r)
-        and (MODELS.get(r["model"], {}).get("forces") != "direct" or GRAD_KEYS.keys() <= r.keys())
+        and (not is_direct(r["model"]) or GRAD_KEYS.keys() <= r.keys())
     }
     for system in [] if args.table_only else systems:
         for n in [n for n in p["sizes"] if not args.sizes or n in args.sizes]:
