@@ -269,6 +269,7 @@ PIWSL_GRID = [(0.02, 0.1), (0.05, 0.1), (0.05, 1.0)]  # (ε Å, w_PITC); w_PISC 
 DIRECT_SELECTION = "energy+consistency"
 #: Rows of direct-force heads also record the test force errors of −∇E of their energy (meV/Å).
 GRAD_KEYS = {"test_grad_forces_mae_meV_A": "mae", "test_grad_forces_rmse_meV_A": "rmse"}
+GRAD_NVT = "grad_nvt_stable_ps"  # a direct-force head's energy gradient in NVT, energy-only rows
 
 
 def is_direct(model: str) -> bool:
@@ -386,20 +387,23 @@ def nvt_stable_ps(system: str, calc, nvt: dict, seed: int) -> float:
     return nvt_stability(edata.test_set(system)[0], calc, seed=seed, progress=False, **nvt).stable_time_ps
 
 
-def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
+def run_one(system, method, model, n, seed, epochs, tune, nvt=None, known=None) -> dict:
     """Train (and for energy-only PIWSL tune) one column; its row of test errors and, with ``nvt``
-    settings and an energy-only method, the NVT stable time."""
+    settings and an energy-only method, the NVT stable time (for direct-force heads also that of their
+    energy's gradient). NVT stable times already in ``known`` (an earlier row of this run) are kept."""
     from pimlip_ase.calculator import PIMLIPCalculator
     from pimlip_ase.workflow.delta import delta_calculator
 
     energy_only = "E+F" not in method
+    known = known or {}
     if model == "mace":
         calc, secs, val = fit_mace(system, method, n, seed, epochs)
         test = edata.test_set(system)
         metrics = calculator_errors(calc, test)
         row = _row(system, method, model, n, seed, epochs, None, None, secs, metrics, val, test)
         if nvt and energy_only:
-            row["nvt_stable_ps"] = nvt_stable_ps(system, calc, nvt, seed)
+            kept = known.get("nvt_stable_ps")
+            row["nvt_stable_ps"] = nvt_stable_ps(system, calc, nvt, seed) if kept is None else kept
         return row
     init_from = None
     if method.startswith("finetune"):
@@ -436,9 +440,16 @@ def run_one(system, method, model, n, seed, epochs, tune, nvt=None) -> dict:
             grad = error_metrics(m, graphs)
         row |= {k: 1e3 * grad[f"forces_{s}"] for k, s in GRAD_KEYS.items()}
     if nvt and energy_only:
-        delta = method.startswith("Δ")
-        calc = delta_calculator(edata.cheap_calc(system), m) if delta else PIMLIPCalculator(m)
-        row["nvt_stable_ps"] = nvt_stable_ps(system, calc, nvt, seed)
+
+        def stable_ps() -> float:  # through the calculator a user of this row's method would run
+            delta = method.startswith("Δ")
+            calc = delta_calculator(edata.cheap_calc(system), m) if delta else PIMLIPCalculator(m)
+            return nvt_stable_ps(system, calc, nvt, seed)
+
+        row["nvt_stable_ps"] = known["nvt_stable_ps"] if "nvt_stable_ps" in known else stable_ps()
+        if not m.conservative:
+            with m.forces_from_energy():
+                row[GRAD_NVT] = known[GRAD_NVT] if GRAD_NVT in known else stable_ps()
     return row
 
 
@@ -528,14 +539,15 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
             f"{nvt['timestep_fs']} fs steps, from the first test structure, until a bond deviates by "
             "> 0.5 Å"
             + (f" (averaged over {nvt['bond_average_fs']:.0f} fs)" if nvt.get("bond_average_fs") else "")
-            + " (energy-only models)."
+            + " (energy-only models; '−∇E NVT': a direct-force head's energy gradient, head unused)."
             if nvt
             else ""
         ),
         "",
         "| system | model | method | N | seeds | E MAE meV/atom | F MAE meV/Å | F RMSE meV/Å "
-        "| −∇E F MAE meV/Å | (ε Å, w_PITC) chosen |" + (" NVT stable ps |" if nvt else ""),
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if nvt else ""),
+        "| −∇E F MAE meV/Å | (ε Å, w_PITC) chosen |"
+        + (" NVT stable ps | −∇E NVT stable ps |" if nvt else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if nvt else ""),
     ]
     keys = sorted({(r["system"], r["model"], column(r), r["n"]) for r in runs})
     for system, model, method, n in keys:
@@ -548,11 +560,14 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
 
         grad = ms("test_grad_forces_mae_meV_A") if any("test_grad_forces_mae_meV_A" in r for r in rs) else ""
         chosen = " / ".join(sorted({f"({r['eps']}, {r['w']})" for r in rs})) if "PIWSL" in method else ""
-        stable = [r["nvt_stable_ps"] for r in rs if "nvt_stable_ps" in r]
+        stable = "".join(
+            f" {ms(key, digits=2)} |" if any(key in r for r in rs) else " |"
+            for key in ("nvt_stable_ps", GRAD_NVT)
+        )
         lines.append(
             f"| {system} | {model} | {method} | {n} | {len(rs)} | {ms('test_energy_mae_meV_atom')} | "
             f"{ms('test_forces_mae_meV_A')} | {ms('test_forces_rmse_meV_A')} | {grad} | {chosen} |"
-            + ((f" {ms('nvt_stable_ps', digits=2)} |" if stable else " |") if nvt else "")
+            + (stable if nvt else "")
         )
     for system in sorted({r["system"] for r in runs}):
         lines.append(f"\nReference points for `{system}`: {edata.baselines(system)}")
@@ -632,14 +647,15 @@ def main() -> None:
     POOL_ID.update({s: edata.train_pool_id(s) for s in systems})
     earlier = {run_key(r): r for r in load_runs() if r.get("trainer") == TRAINER}
     # a run scored on another test set, without the preset's NVT column or (direct-force heads) without
-    # the errors of −∇E, is evaluated again (its trained model is reused; an NVT stable time, from the
-    # test set's unchanged first structure, is kept)
+    # the errors of −∇E or its NVT time, is evaluated again (its trained model is reused; NVT stable
+    # times, from the test set's unchanged first structure, are kept)
     done = {
         k
         for k, r in earlier.items()
         if r.get("test_set") == TEST_ID.get(r["system"])
         and (not needs_nvt or "E+F" in r["method"] or "nvt_stable_ps" in r)
         and (not is_direct(r["model"]) or GRAD_KEYS.keys() <= r.keys())
+        and (not needs_nvt or not is_direct(r["model"]) or "E+F" in r["method"] or GRAD_NVT in r)
     }
     for system in [] if args.table_only else systems:
         for n in [n for n in p["sizes"] if not args.sizes or n in args.sizes]:
@@ -658,11 +674,8 @@ def main() -> None:
                         if key in done:
                             continue
                         prev = earlier.get(key, {})
-                        nvt = None if "nvt_stable_ps" in prev else p.get("nvt")
-                        row = run_one(system, method, model, n, seed, p["epochs"], tune, nvt)
+                        row = run_one(system, method, model, n, seed, p["epochs"], tune, p.get("nvt"), prev)
                         row["lr"] = LR
-                        if "nvt_stable_ps" in prev:
-                            row["nvt_stable_ps"] = prev["nvt_stable_ps"]
                         if prev and row["train_s"] == 0.0:  # reused model: keep its training time
                             row["train_s"] = prev["train_s"]
                         with RUNS.open("a") as fh:

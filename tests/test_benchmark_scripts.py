@@ -103,23 +103,32 @@ def test_data_efficiency_quick(tmp_path):
         epochs = list(csv.DictReader(fh))
     assert resumed["method"] == "E" and resumed["train_s"] == sum(float(r["time_s"]) for r in epochs)
     assert resumed["test_forces_mae_meV_A"] == pytest.approx(first[0]["test_forces_mae_meV_A"], rel=1e-9)
-    # a direct-force head's row also scores the gradient of its energy; a row without it is scored again
-    direct = ("--models", "painn-direct", "--methods", "E+F")
+    # a direct-force head's row also scores the gradient of its energy, and for energy-only training
+    # runs NVT on that gradient too; a row without these is scored again, keeping its training and
+    # its head's NVT time
+    direct = ("--models", "painn-direct", "--methods", "E", "E+F")
     run_script("data_efficiency.py", "--preset", "quick", *direct, results=tmp_path)
-    row = json.loads(runs.read_text().splitlines()[-1])
-    assert row["model"] == "painn-direct" and row["test_grad_forces_mae_meV_A"] > 0
-    assert row["test_grad_forces_mae_meV_A"] != row["test_forces_mae_meV_A"]
-    (cell,) = [
-        r[8]
+    energy_row, forces_row = (json.loads(line) for line in runs.read_text().splitlines()[-2:])
+    for row in (energy_row, forces_row):
+        assert row["model"] == "painn-direct" and row["test_grad_forces_mae_meV_A"] > 0
+        assert row["test_grad_forces_mae_meV_A"] != row["test_forces_mae_meV_A"]
+    assert 0.0 <= energy_row["grad_nvt_stable_ps"] <= 0.05 and "grad_nvt_stable_ps" not in forces_row
+    cells = {
+        r[2]: r
         for r in table_rows((tmp_path / "data_efficiency_quick.md").read_text(), "cu")
         if r[1] == "painn-direct"
-    ]
-    assert means([cell])[0] == pytest.approx(row["test_grad_forces_mae_meV_A"], abs=0.06)
-    runs.write_text(runs.read_text() + json.dumps({k: v for k, v in row.items() if "grad" not in k}) + "\n")
+    }
+    assert means([cells["E+F"][8]])[0] == pytest.approx(forces_row["test_grad_forces_mae_meV_A"], abs=0.06)
+    assert means([cells["E"][11]])[0] == pytest.approx(energy_row["grad_nvt_stable_ps"], abs=0.006)
+    assert cells["E+F"][10:12] == ["", ""]
+    stripped = {k: v for k, v in energy_row.items() if "grad" not in k}
+    runs.write_text(runs.read_text() + json.dumps(stripped) + "\n")
     run_script("data_efficiency.py", "--preset", "quick", *direct, results=tmp_path)
     again = json.loads(runs.read_text().splitlines()[-1])
-    assert again["train_s"] == row["train_s"]  # its saved model, not trained again
-    assert again["test_grad_forces_mae_meV_A"] == pytest.approx(row["test_grad_forces_mae_meV_A"], rel=1e-9)
+    assert again["method"] == "E" and again["train_s"] == energy_row["train_s"]  # its saved model
+    assert again["nvt_stable_ps"] == energy_row["nvt_stable_ps"]
+    for key in ("test_grad_forces_mae_meV_A", "grad_nvt_stable_ps"):
+        assert again[key] == pytest.approx(energy_row[key], rel=1e-9)
 
 
 def test_water_md_pool(tmp_path, monkeypatch):
