@@ -83,6 +83,13 @@ class DataConfig:
 
 @dataclasses.dataclass
 class OptimConfig:
+    """Optimiser, schedule and early stopping.
+
+    ignore_first_epochs: early stopping and the choice of the best (kept) model skip these first
+    epochs; with a validation set of a few structures an early epoch can fit them best by chance and
+    then be kept although it is barely trained. The LR schedule still sees every epoch.
+    """
+
     lr: float = 1e-3
     batch_size: int = 8
     max_epochs: int = 300
@@ -93,6 +100,14 @@ class OptimConfig:
     lr_factor: float = 0.5
     lr_patience: int = 10
     min_lr: float = 1e-6
+    ignore_first_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ignore_first_epochs < self.max_epochs:
+            raise ConfigError(
+                f"optim.ignore_first_epochs must be in [0, max_epochs = {self.max_epochs}), "
+                f"got {self.ignore_first_epochs}"
+            )
 
 
 @dataclasses.dataclass
@@ -260,7 +275,8 @@ def _resumable_config(config: dict[str, Any]) -> dict[str, Any]:
         k: "<in memory>" if isinstance(v, str) and v.endswith(_IN_MEMORY) else v
         for k, v in config["data"].items()
     }
-    return {k: v for k, v in config.items() if k != "output"} | {"data": data}
+    optim = dataclasses.asdict(OptimConfig()) | config["optim"]  # keys added since: their defaults
+    return {k: v for k, v in config.items() if k != "output"} | {"data": data, "optim": optim}
 
 
 def _restore(path: Path, model, ema, opt, sched, gen, state, cfg: TrainConfig, data: dict[str, str]) -> None:
@@ -434,11 +450,12 @@ def _run(cfg: TrainConfig, out: Path, ckdir: Path, resume: bool) -> TrainResult:
         val = error_metrics(ema.module, valid_g, cfg.optim.batch_size)
         val_loss = _validation_loss(val, cfg.loss)
         sched.step(val_loss)
-        if val_loss < state["best_val"]:
-            state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0)
-            atomic_torch_save({"epoch": epoch, "model": ema.module.state_dict()}, ckdir / "best.pt")
-        else:
-            state["bad_epochs"] += 1
+        if epoch > cfg.optim.ignore_first_epochs:  # earlier ones: never kept, no patience spent
+            if val_loss < state["best_val"]:
+                state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0)
+                atomic_torch_save({"epoch": epoch, "model": ema.module.state_dict()}, ckdir / "best.pt")
+            else:
+                state["bad_epochs"] += 1
         state["epoch"] = epoch
         row.update(
             epoch=epoch,

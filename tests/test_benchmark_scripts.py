@@ -181,3 +181,22 @@ def test_direct_heads_choose_piwsl_settings_by_energy_and_taylor_residual(monkey
     chosen = row | {"select": de.DIRECT_SELECTION}
     assert de.run_key(row) != de.run_key(chosen)
     assert de.column(row) == "E+PIWSL k=½" != de.column(chosen)
+
+
+def test_small_validation_sets_skip_the_first_epochs(monkeypatch):
+    """With a preset's "ignore_first", runs of ours with ≤ 10 validation structures (N ≤ 50) skip that
+    fraction of the epoch cap in early stopping; such runs get their own key and folder, the others
+    and MACE's keep theirs."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import data_efficiency as de
+
+    monkeypatch.setattr(de, "IGNORE_FIRST", 0.1)
+    monkeypatch.setattr(de, "POOL_ID", {"water": "p"})
+    assert de.ignored_epochs("painn", 25, 200) == de.ignored_epochs("schnet", 50, 200) == 20
+    assert de.ignored_epochs("painn", 100, 200) == de.ignored_epochs("mace", 25, 200) == 0
+    row = {"system": "water", "train_pool": "p", "method": "E", "model": "painn", "n": 25, "seed": 0}
+    assert de.run_key(row) != de.run_key(row | {"ignore_first_epochs": 20})
+    assert de.run_dir("water", "painn", "E", 25, 0, 200).name.endswith("-skip20")
+    assert "skip" not in de.run_dir("water", "painn", "E", 100, 0, 200).name
+    monkeypatch.setattr(de, "IGNORE_FIRST", 0.0)
+    assert "skip" not in de.run_dir("water", "painn", "E", 25, 0, 200).name

@@ -186,3 +186,28 @@ def test_ema_warms_up_so_early_updates_follow_the_model():
     assert float(ema.module.weight.detach()) == pytest.approx(0.99 * 1.0 + 0.01 * 2.0)
     with pytest.raises(ConfigError, match="ema"):
         ema_update(1.5)
+
+
+def test_ignored_first_epochs_are_never_kept(cu_dataset, tmp_path):
+    """With ``optim.ignore_first_epochs`` the kept model is one of the later epochs even when an early
+    one validates best, and no patience is spent before; a checkpoint written before the setting
+    existed still resumes."""
+    cfg = _config(cu_dataset[:8], tmp_path / "run")
+    cfg["optim"] |= {"max_epochs": 5, "patience": 1, "lr": 0.0}  # lr 0: every epoch validates alike
+    first_wins = train(cfg)
+    assert first_wins.best_epoch == 1  # no later epoch improves on the first: it is kept
+    cfg["output"] = str(tmp_path / "ignored")
+    cfg["optim"]["ignore_first_epochs"] = 3
+    result = train(cfg)
+    assert result.best_epoch == 4  # epochs 1–3 are skipped; epoch 5 is the one patience allows
+    with open(tmp_path / "ignored" / "metrics.csv") as fh:
+        assert [int(r["epoch"]) for r in csv.DictReader(fh)] == [1, 2, 3, 4, 5]
+    with pytest.raises(ConfigError, match="ignore_first_epochs"):
+        load_config({"data": {"train": "x"}, "optim": {"max_epochs": 3, "ignore_first_epochs": 3}})
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["config"]["optim"]["ignore_first_epochs"]  # as written by an earlier version
+    torch.save(state, ckpt)
+    cfg |= {"output": str(tmp_path / "run")}
+    cfg["optim"]["ignore_first_epochs"] = 0
+    assert train(cfg, resume=True).best_epoch == 1
