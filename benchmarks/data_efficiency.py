@@ -217,6 +217,7 @@ PRESETS["ethanol-curve"] = {
 # weakest (GFN2-xTB 217 meV/Å on the shipped test set) and PITC/PISC gained most at N = 25; the
 # direct-force head and SchNet with energies only, ± PITC/PISC k = ½, and with forces; the direct head
 # also Δ + PITC/PISC (the PITC/PISC-trained head's energy beat the conservative model's on water).
+# Early stopping at N ≤ 50 as in ethanol-curve (its "ignore_first")
 PRESETS["water-curve"] = {
     **PRESETS["ethanol-curve"],
     "systems": ["water"],
@@ -544,7 +545,7 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
             f"; with ≤ {SMALL_VALID} validation structures the first "
             f"{int(PRESETS[preset]['ignore_first'] * PRESETS[preset]['epochs'])} epochs are neither kept "
             "nor counted by it"
-            if PRESETS[preset].get("ignore_first")
+            if any(ignored_epochs("painn", n, PRESETS[preset]["epochs"]) for n in PRESETS[preset]["sizes"])
             else ""
         )
         + "). MACE (`mace` rows, mace-torch's own trainer, energy-only and "
