@@ -532,6 +532,7 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
     nvt = PRESETS[preset].get("nvt")
     seeds = sorted({r["seed"] for r in runs})
     used = {m: MODELS[m] for m in sorted({r["model"] for r in runs}) if m in MODELS}
+    skipped = max(ignored_epochs("painn", n, PRESETS[preset]["epochs"]) for n in PRESETS[preset]["sizes"])
     lines = [
         "# Data efficiency: test errors vs training-set size",
         "",
@@ -542,10 +543,9 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
         "(warm-up min(0.99, (1+t)/(10+t)) at update t), ReduceLROnPlateau, early stopping on validation loss "
         "(20 % of N held out for validation"
         + (
-            f"; with ≤ {SMALL_VALID} validation structures the first "
-            f"{int(PRESETS[preset]['ignore_first'] * PRESETS[preset]['epochs'])} epochs are neither kept "
+            f"; with ≤ {SMALL_VALID} validation structures the first {skipped} epochs are neither kept "
             "nor counted by it"
-            if any(ignored_epochs("painn", n, PRESETS[preset]["epochs"]) for n in PRESETS[preset]["sizes"])
+            if skipped
             else ""
         )
         + "). MACE (`mace` rows, mace-torch's own trainer, energy-only and "
