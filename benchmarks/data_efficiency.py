@@ -217,11 +217,8 @@ PRESETS["ethanol-curve"] = {
     **PRESETS["ethanol-default-size"],
     "ignore_first": 0.1,
     "sizes": [25, 50, 100, 200, 400, 1000],
-    "models": ["painn", "painn-direct", "schnet", "mace"],
-    "model_methods": {
-        "painn-direct": ["E", "E+PIWSL k=½", "E+F"],
-        "schnet": ["E", "E+PIWSL k=½", "E+F"],
-    },
+    "models": PRESETS["cu-curve"]["models"],
+    "model_methods": PRESETS["cu-curve"]["model_methods"],
 }
 # water learning curve N = 25 … 1000 on a pool of 1,760 new MP2/cc-pVTZ-labelled geometries made as the
 # shipped set was (all three temperatures, shuffled), with MACE: the molecule where the cheap method is
