@@ -627,6 +627,9 @@ def plot(runs: list[dict], path: Path) -> None:
             ys = [statistics.mean(r["test_forces_mae_meV_A"] for r in rs if r["n"] == n) for n in ns]
             style = "o-" if "PIWSL" in method else "s--"
             ax.loglog(ns, ys, style, color=plt.cm.tab20(k % 20), label=f"{model}: {method}", ms=4)
+        sizes = sorted({r["n"] for r in runs if r["system"] == system})
+        ax.set_xticks(sizes, [str(n) for n in sizes])  # the sizes run, in place of 3×10¹, 4×10¹, …
+        ax.set_xticks([], minor=True)
         ax.set_title(system)
         ax.set_xlabel("training structures N")
         ax.set_ylabel("test force MAE (meV/Å)")
