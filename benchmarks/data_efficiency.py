@@ -230,10 +230,9 @@ PRESETS["water-curve"] = {
     **PRESETS["ethanol-curve"],
     "systems": ["water"],
     "water_pool": "md",
-    "models": ["painn", "painn-direct", "schnet", "mace"],
     "model_methods": {
+        **PRESETS["ethanol-curve"]["model_methods"],
         "painn-direct": [*PRESETS["ethanol-curve"]["model_methods"]["painn-direct"], "Δ E+PIWSL k=½"],
-        "schnet": PRESETS["ethanol-curve"]["model_methods"]["schnet"],
     },
 }
 #: Our models: PaiNN 32×3 (small enough to train to early stopping on 2 CPU cores) and the defaults.
