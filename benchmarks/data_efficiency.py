@@ -21,7 +21,7 @@ Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py --preset ethanol-default-size  # ethanol, PaiNN 128×3
     python benchmarks/data_efficiency.py --preset cu-default-size  # Cu N = 25, PaiNN 128×3
     python benchmarks/data_efficiency.py --preset cu-curve  # Cu N = 25 … 400, PaiNN 32×3 (± direct forces)
-    python benchmarks/data_efficiency.py --preset cu-curve-200ep  # its N = 100 with 200 epochs
+    python benchmarks/data_efficiency.py --preset cu-curve-200ep  # its N = 25, 50, 100 with 200 epochs
     python benchmarks/data_efficiency.py --preset ethanol-curve  # ethanol N = 25 … 1000, the same
     python benchmarks/data_efficiency.py --preset water-curve  # water (MP2) N = 25 … 1000, + SchNet, MACE
     python benchmarks/data_efficiency.py --preset cpu       # Cu + ethanol, 2 seeds, 4 models: many hours
@@ -194,13 +194,13 @@ PRESETS["cu-curve"] = {
         "schnet": ["E", "E+PIWSL k=½", "E+F"],
     },
 }
-# the Cu curve's N = 25 and 100 trained for up to 200 epochs instead of 60 (same pool and splits): is
-# the direct-force head's lead with PITC/PISC over the conservative model (N = 100), or MACE's lead
+# the Cu curve's N = 25, 50 and 100 trained for up to 200 epochs instead of 60 (same pool and splits):
+# is the direct-force head's lead with PITC/PISC over the conservative model (N = 100), or MACE's lead
 # over all of ours with energies only (N = 25, where our runs saw 180 optimiser steps), an artefact
 # of the 60-epoch budget?
 PRESETS["cu-curve-200ep"] = {
     **PRESETS["cu-curve"],
-    "sizes": [25, 100],
+    "sizes": [25, 50, 100],
     "pool_sizes": PRESETS["cu-curve"]["sizes"],
     "epochs": 200,
     "models": ["painn", "painn-direct", "mace"],
