@@ -10,7 +10,10 @@ Energy-only runs pick ε and the PIWSL weight by validation energy only (unless 
 
 Every finished run is appended to ``results/data_efficiency_runs.jsonl`` (a rerun skips it) and a
 killed training run of ours continues from its last epoch's checkpoint (MACE's starts over), so a
-killed benchmark resumes.
+killed benchmark resumes. ``results/data_efficiency_pools.json`` records which training pool and test
+set each preset's table was made from: ``--table-only`` tabulates on those without building a pool,
+and a run whose pools come out otherwise (MD rebuilt on another machine differs in its last bits)
+stops unless ``--new-pool``.
 Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py                    # = --preset mini-mol: ~45 min
     python benchmarks/data_efficiency.py --preset quick     # minutes: smoke test
@@ -58,6 +61,7 @@ from pimlip_ase.modelfile import load_model  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = RESULTS / "data_efficiency_runs.jsonl"
+POOLS_FILE = "data_efficiency_pools.json"  # per preset and system: the ids its table was made from
 WORK = RESULTS / "work"
 
 #: Every training column, in run order: energy-only and energy+force, plain and PITC+PISC (k = 0, ½),
@@ -188,9 +192,9 @@ PRESETS["cu-curve"] = {
     "sizes": [25, 50, 100, 200, 400],
     "ignore_first": 0.1,
     "models": ["painn", "painn-direct", "schnet", "mace"],
-    "methods": ["E", "E+PIWSL k=½", "E+F", "Δ E"],
+    "methods": ["E", "E+PIWSL k=½", "E+F", "E+F+PIWSL k=½", "Δ E"],
     "model_methods": {
-        "painn-direct": ["E", "E+PIWSL k=½", "E+F"],
+        "painn-direct": ["E", "E+PIWSL k=½", "E+F", "E+F+PIWSL k=½"],
         "schnet": ["E", "E+PIWSL k=½", "E+F"],
     },
 }
@@ -215,6 +219,7 @@ PRESETS["cu-curve-200ep"] = {
 # changed under the rule
 PRESETS["ethanol-curve"] = {
     **PRESETS["ethanol-default-size"],
+    "methods": [*PRESETS["ethanol-default-size"]["methods"], "E+F+PIWSL k=½"],
     "ignore_first": 0.1,
     "sizes": [25, 50, 100, 200, 400, 1000],
     "models": PRESETS["cu-curve"]["models"],
@@ -274,6 +279,7 @@ LR = DEFAULT_LR
 #: set's fingerprint (efficiency_data.test_fingerprint, computed once, not per row).
 POOL_ID: dict[str, str] = {}
 TEST_ID: dict[str, str] = {}
+BASELINES: dict[str, str] = {}  # per system: the zero-force and cheap-method errors on its test set
 PEER_METHODS = ("E", "E+F")  # MACE has no PITC/PISC, Δ or fine-tuning column here
 PIWSL_GRID = [(0.02, 0.1), (0.05, 0.1), (0.05, 1.0)]  # (ε Å, w_PITC); w_PISC = w_PITC / 100
 #: How an energy-only PIWSL run of a direct-force head picks from PIWSL_GRID: validation energy cannot
@@ -522,6 +528,68 @@ def run_key(r: dict) -> tuple:
     )
 
 
+def recorded_ids(preset: str) -> dict[str, dict]:
+    """Per system, the training-pool id and test-set fingerprint the preset's table was made from."""
+    path = RESULTS / POOLS_FILE
+    return json.loads(path.read_text()).get(preset, {}) if path.exists() else {}
+
+
+def record_ids(preset: str, systems: list[str]) -> None:
+    """Note (atomically) which pool and test set the preset's table now shows, with the versions
+    that built them: MD regenerated with other library versions or on another CPU differs in its last
+    bits and then chaotically, so a rebuilt pool has another id and its runs form another table."""
+    import ase
+    import numpy
+
+    path = RESULTS / POOLS_FILE
+    data = json.loads(path.read_text()) if path.exists() else {}
+    versions = {"ase": ase.__version__, "numpy": numpy.__version__, "torch": torch.__version__}
+    kept = {  # an entry that still holds keeps the versions that first built its pool
+        s: v
+        for s, v in data.get(preset, {}).items()
+        if s in POOL_ID and (v.get("train_pool"), v.get("test_set")) == (POOL_ID[s], TEST_ID[s])
+    }
+    data[preset] = {
+        s: kept.get(s)
+        or {
+            "train_pool": POOL_ID[s],
+            "test_set": TEST_ID[s],
+            "baselines": BASELINES[s],
+            "built_with": versions,
+        }
+        for s in systems
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def set_ids(preset: str, systems: list[str], table_only: bool, new_pool: bool) -> None:
+    """Fill POOL_ID, TEST_ID and BASELINES. ``--table-only`` takes the recorded ids (no pool is built); a run
+    that builds pools other than the recorded ones stops, unless ``--new-pool``, so that it never
+    replaces a table with one of fewer rows."""
+    recorded = recorded_ids(preset)
+    if table_only and all(s in recorded for s in systems):
+        POOL_ID.update({s: recorded[s]["train_pool"] for s in systems})
+        TEST_ID.update({s: recorded[s]["test_set"] for s in systems})
+        BASELINES.update({s: recorded[s]["baselines"] for s in systems})
+        return
+    TEST_ID.update({s: edata.test_fingerprint(s) for s in systems})
+    POOL_ID.update({s: edata.train_pool_id(s) for s in systems})
+    BASELINES.update({s: edata.baselines(s) for s in systems})
+    moved = [
+        f"{s}: train pool {was['train_pool']} → {POOL_ID[s]}, test set {was['test_set']} → {TEST_ID[s]}"
+        for s, was in recorded.items()
+        if s in systems and (was["train_pool"], was["test_set"]) != (POOL_ID[s], TEST_ID[s])
+    ]
+    if moved and not new_pool:
+        raise SystemExit(
+            f"preset {preset!r}: this machine builds other data than its table was made from "
+            f"({'; '.join(moved)}; recorded in {RESULTS / POOLS_FILE}); its runs would start a new table "
+            "without the recorded rows. Tabulate those with --table-only, or pass --new-pool."
+        )
+
+
 def load_runs() -> list[dict]:
     """The finished runs; a run recorded twice (e.g. again with an NVT column) counts once, the last."""
     if not RUNS.exists():
@@ -606,7 +674,7 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
             + (stable if nvt else "")
         )
     for system in sorted({r["system"] for r in runs}):
-        lines.append(f"\nReference points for `{system}`: {edata.baselines(system)}")
+        lines.append(f"\nReference points for `{system}`: {BASELINES[system]}")
     return "\n".join(lines) + "\n"
 
 
@@ -652,7 +720,16 @@ def main() -> None:
         "--threads", type=int, default=2, help="torch threads; also MP2 labelling processes (water)"
     )
     parser.add_argument("--no-tune", action="store_true", help="skip the (ε, w) grid for energy-only PIWSL")
-    parser.add_argument("--table-only", action="store_true", help="tabulate the finished runs, train nothing")
+    parser.add_argument(
+        "--table-only",
+        action="store_true",
+        help=f"tabulate the finished runs, train nothing (on the pools recorded in {POOLS_FILE})",
+    )
+    parser.add_argument(
+        "--new-pool",
+        action="store_true",
+        help="train even where the pools built here differ from the recorded ones (starts a new table)",
+    )
     parser.add_argument(
         "--results", type=Path, default=RESULTS, help="folder for the tables (default: %(default)s)"
     )
@@ -682,8 +759,7 @@ def main() -> None:
             systems.append(system)
         else:
             print(f"skipping {system}: {edata.available.reason}")
-    TEST_ID.update({s: edata.test_fingerprint(s) for s in systems})
-    POOL_ID.update({s: edata.train_pool_id(s) for s in systems})
+    set_ids(args.preset, systems, args.table_only, args.new_pool)
     earlier = {run_key(r): r for r in load_runs() if r.get("trainer") == TRAINER}
     # a run scored on another test set, without the preset's NVT column or (direct-force heads) without
     # the errors of −∇E or its NVT time, is evaluated again (its trained model is reused; NVT stable
@@ -737,6 +813,7 @@ def main() -> None:
     ]
     md = table(runs, args.preset, args.threads)
     (RESULTS / f"data_efficiency_{args.preset}.md").write_text(md)
+    record_ids(args.preset, systems)
     if runs:
         plot(runs, RESULTS / f"data_efficiency_{args.preset}.png")
     print(md)

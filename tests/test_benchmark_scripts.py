@@ -200,3 +200,45 @@ def test_small_validation_sets_skip_the_first_epochs(monkeypatch):
     assert "skip" not in de.run_dir("water", "painn", "E", 100, 0, 200).name
     monkeypatch.setattr(de, "IGNORE_FIRST", 0.0)
     assert "skip" not in de.run_dir("water", "painn", "E", 25, 0, 200).name
+
+
+def test_tables_keep_to_the_recorded_pools(monkeypatch, tmp_path):
+    """A table records the pool and test set it was made from: ``--table-only`` tabulates on those
+    without building a pool, and a run whose freshly built pool differs (another machine's MD bits)
+    stops naming both ids, unless ``--new-pool``, instead of replacing the table with fewer rows."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import data_efficiency as de
+
+    built = {"train_pool": "aaaa1111", "test_set": "t1", "baselines": "zero-force 500"}
+    monkeypatch.setattr(de, "RESULTS", tmp_path)
+    for name in ("POOL_ID", "TEST_ID", "BASELINES"):
+        monkeypatch.setattr(de, name, {})
+    monkeypatch.setattr(de.edata, "train_pool_id", lambda s: built["train_pool"])
+    monkeypatch.setattr(de.edata, "test_fingerprint", lambda s: built["test_set"])
+    monkeypatch.setattr(de.edata, "baselines", lambda s: built["baselines"])
+
+    de.set_ids("mini", ["cu"], table_only=False, new_pool=False)  # nothing recorded yet: builds
+    de.record_ids("mini", ["cu"])
+    record = json.loads((tmp_path / de.POOLS_FILE).read_text())["mini"]["cu"]
+    assert {k: record[k] for k in built} == built and "ase" in record["built_with"]
+
+    def unbuildable(system):
+        raise AssertionError("--table-only built a pool")
+
+    monkeypatch.setattr(de.edata, "train_pool_id", unbuildable)
+    monkeypatch.setattr(de.edata, "test_fingerprint", unbuildable)
+    monkeypatch.setattr(de, "POOL_ID", {})
+    de.set_ids("mini", ["cu"], table_only=True, new_pool=False)
+    assert (de.POOL_ID, de.TEST_ID, de.BASELINES) == (
+        {"cu": "aaaa1111"},
+        {"cu": "t1"},
+        {"cu": "zero-force 500"},
+    )
+
+    monkeypatch.setattr(de.edata, "train_pool_id", lambda s: "bbbb2222")
+    monkeypatch.setattr(de.edata, "test_fingerprint", lambda s: "t2")
+    with pytest.raises(SystemExit, match="aaaa1111 → bbbb2222.*t1 → t2"):
+        de.set_ids("mini", ["cu"], table_only=False, new_pool=False)
+    de.set_ids("mini", ["cu"], table_only=False, new_pool=True)
+    de.record_ids("mini", ["cu"])
+    assert json.loads((tmp_path / de.POOLS_FILE).read_text())["mini"]["cu"]["train_pool"] == "bbbb2222"
