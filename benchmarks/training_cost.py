@@ -32,6 +32,7 @@ CONFIGS = {
     "energy + PITC+PISC, k=½": {"energy": 1.0, "pitc": 1.0, "pisc": 0.01, "k": 0.5},
     "energy + PITC only, k=½": {"energy": 1.0, "pitc": 1.0, "k": 0.5},
     "energy+forces + PITC+PISC, k=0": {"energy": 1.0, "forces": 10.0, "pitc": 1.0, "pisc": 0.01, "k": 0.0},
+    "energy+forces + PITC+PISC, k=½": {"energy": 1.0, "forces": 10.0, "pitc": 1.0, "pisc": 0.01, "k": 0.5},
     "energy + PITC+PISC, k=0, δ·F by autograd": {
         "energy": 1.0,
         "pitc": 1.0,
