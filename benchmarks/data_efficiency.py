@@ -528,10 +528,11 @@ def run_key(r: dict) -> tuple:
     )
 
 
-def recorded_ids(preset: str) -> dict[str, dict]:
-    """Per system, the training-pool id and test-set fingerprint the preset's table was made from."""
+def recorded_pools() -> dict[str, dict[str, dict]]:
+    """Per preset and system, the training-pool id, test-set fingerprint and baselines its table was
+    made from (``POOLS_FILE``; empty before the first table)."""
     path = RESULTS / POOLS_FILE
-    return json.loads(path.read_text()).get(preset, {}) if path.exists() else {}
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def record_ids(preset: str, systems: list[str]) -> None:
@@ -541,8 +542,7 @@ def record_ids(preset: str, systems: list[str]) -> None:
     import ase
     import numpy
 
-    path = RESULTS / POOLS_FILE
-    data = json.loads(path.read_text()) if path.exists() else {}
+    data = recorded_pools()
     versions = {"ase": ase.__version__, "numpy": numpy.__version__, "torch": torch.__version__}
     kept = {  # an entry that still holds keeps the versions that first built its pool
         s: v
@@ -559,16 +559,16 @@ def record_ids(preset: str, systems: list[str]) -> None:
         }
         for s in systems
     }
-    tmp = path.with_suffix(".json.tmp")
+    tmp = RESULTS / (POOLS_FILE + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    tmp.replace(RESULTS / POOLS_FILE)
 
 
 def set_ids(preset: str, systems: list[str], table_only: bool, new_pool: bool) -> None:
-    """Fill POOL_ID, TEST_ID and BASELINES. ``--table-only`` takes the recorded ids (no pool is built); a run
-    that builds pools other than the recorded ones stops, unless ``--new-pool``, so that it never
-    replaces a table with one of fewer rows."""
-    recorded = recorded_ids(preset)
+    """Fill POOL_ID, TEST_ID and BASELINES. ``--table-only`` takes the recorded ids (no pool is
+    built); a run that builds pools other than the recorded ones stops, unless ``--new-pool``, so that
+    it never replaces a table with one of fewer rows."""
+    recorded = recorded_pools().get(preset, {})
     if table_only and all(s in recorded for s in systems):
         POOL_ID.update({s: recorded[s]["train_pool"] for s in systems})
         TEST_ID.update({s: recorded[s]["test_set"] for s in systems})
