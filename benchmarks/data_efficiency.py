@@ -12,8 +12,10 @@ Every finished run is appended to ``results/data_efficiency_runs.jsonl`` (a reru
 killed training run of ours continues from its last epoch's checkpoint (MACE's starts over), so a
 killed benchmark resumes. ``results/data_efficiency_pools.json`` records which training pool and test
 set each preset's table was made from: ``--table-only`` tabulates on those without building a pool,
-and a run whose pools come out otherwise (MD rebuilt on another machine differs in its last bits)
-stops unless ``--new-pool``.
+and a run whose pools come out otherwise (MD and labels rebuilt with other library versions or on
+another CPU differ in their last bits, and an id hashes every bit) first retrains the cheapest recorded
+runs on them: if their test errors come back within ``SAME_DATA_RTOL`` the rebuilt pool is recorded
+as the same data and the run goes on, adding to the table; if not it stops, unless ``--new-pool``.
 Writes results/data_efficiency_<preset>.md and .png.
     python benchmarks/data_efficiency.py                    # = --preset mini-mol: ~45 min
     python benchmarks/data_efficiency.py --preset quick     # minutes: smoke test
@@ -279,6 +281,14 @@ LR = DEFAULT_LR
 #: set's fingerprint (efficiency_data.test_fingerprint, computed once, not per row).
 POOL_ID: dict[str, str] = {}
 TEST_ID: dict[str, str] = {}
+#: (system, train pool, test set) of a rebuilt pool accepted as the same data as a table's recorded
+#: pool -> that recorded (train pool, test set); its rows keep their own ids and count under these.
+SAME_AS: dict[tuple[str, str, str], tuple[str, str]] = {}
+#: A rebuilt pool is the same data when recorded runs retrained on it give their test energy and force
+#: MAE again to this relative tolerance (seeds alone move them by percents; a 1e-13 Å difference in an
+#: MD start stays below 1e-10 Å over a pool's runs here, and a retrained run agreed to 6e-7).
+SAME_DATA_RTOL = 1e-3
+N_SAME_DATA_RUNS = 2  # recorded runs retrained for that check: the cheapest of distinct methods
 BASELINES: dict[str, str] = {}  # per system: the zero-force and cheap-method errors on its test set
 PEER_METHODS = ("E", "E+F")  # MACE has no PITC/PISC, Δ or fine-tuning column here
 PIWSL_GRID = [(0.02, 0.1), (0.05, 0.1), (0.05, 1.0)]  # (ε Å, w_PITC); w_PISC = w_PITC / 100
@@ -511,12 +521,25 @@ def _row(system, method, model, n, seed, epochs, eps, w, secs, metrics, valid_e,
     }
 
 
+def table_pair(r: dict) -> tuple[str | None, str | None]:
+    """The (training pool, test set) a row (or {system, train_pool, test_set}) counts under: its own,
+    or for a rebuilt pool accepted as the same data (:func:`accept_rebuilt`) the recorded pair."""
+    pair = (r.get("train_pool"), r.get("test_set"))
+    return SAME_AS.get((r["system"], *pair), pair)
+
+
+def current_pair(system: str) -> tuple[str | None, str | None]:
+    """The (training pool, test set) this process's runs of ``system`` count under."""
+    return table_pair({"system": system, "train_pool": POOL_ID[system], "test_set": TEST_ID[system]})
+
+
 def run_key(r: dict) -> tuple:
-    """What identifies a run of one trainer version: system, training pool, method, model, N, seed,
-    epochs, lr, how its (ε, w) were chosen and how many first epochs its early stopping skipped."""
+    """What identifies a run of one trainer version: system, training pool (as the table counts it),
+    method, model, N, seed, epochs, lr, how its (ε, w) were chosen and how many first epochs its early
+    stopping skipped."""
     return (
         r["system"],
-        r.get("train_pool"),
+        table_pair(r)[0],
         r["method"],
         r["model"],
         r["n"],
@@ -537,17 +560,13 @@ def recorded_pools() -> dict[str, dict[str, dict]]:
 
 def record_ids(preset: str, systems: list[str]) -> None:
     """Note (atomically) which pool and test set the preset's table now shows, with the versions
-    that built them: MD regenerated with other library versions or on another CPU differs in its last
-    bits and then chaotically, so a rebuilt pool has another id and its runs form another table."""
-    import ase
-    import numpy
-
+    that built them: a pool rebuilt with other library versions or on another CPU differs in its last
+    bits, so it has another id (and counts as the same data only once :func:`accept_rebuilt` says so)."""
     data = recorded_pools()
-    versions = {"ase": ase.__version__, "numpy": numpy.__version__, "torch": torch.__version__}
-    kept = {  # an entry that still holds keeps the versions that first built its pool
+    kept = {  # an entry that still holds keeps the versions that first built its pool, and its rebuilds
         s: v
         for s, v in data.get(preset, {}).items()
-        if s in POOL_ID and (v.get("train_pool"), v.get("test_set")) == (POOL_ID[s], TEST_ID[s])
+        if s in POOL_ID and (v.get("train_pool"), v.get("test_set")) == current_pair(s)
     }
     data[preset] = {
         s: kept.get(s)
@@ -555,39 +574,119 @@ def record_ids(preset: str, systems: list[str]) -> None:
             "train_pool": POOL_ID[s],
             "test_set": TEST_ID[s],
             "baselines": BASELINES[s],
-            "built_with": versions,
+            "built_with": _versions(),
         }
         for s in systems
     }
+    _write_pools(data)
+
+
+def _versions() -> dict[str, str]:
+    import ase
+    import numpy
+
+    return {"ase": ase.__version__, "numpy": numpy.__version__, "torch": torch.__version__}
+
+
+def _write_pools(data: dict) -> None:
     tmp = RESULTS / (POOLS_FILE + ".tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
     tmp.replace(RESULTS / POOLS_FILE)
 
 
-def set_ids(preset: str, systems: list[str], table_only: bool, new_pool: bool) -> None:
-    """Fill POOL_ID, TEST_ID and BASELINES. ``--table-only`` takes the recorded ids (no pool is
-    built); a run that builds pools other than the recorded ones stops, unless ``--new-pool``, so that
-    it never replaces a table with one of fewer rows."""
+def set_ids(preset: str, systems: list[str], table_only: bool, new_pool: bool) -> list[str]:
+    """Fill POOL_ID, TEST_ID, BASELINES and SAME_AS. ``--table-only`` takes the recorded ids (no pool
+    is built). Returns the systems whose built pools differ from the recorded ones and are not yet
+    accepted as the same data (none with ``--new-pool``, whose runs start a new table): check those
+    with :func:`accept_rebuilt` before training, so that a run never replaces a table with fewer rows."""
     recorded = recorded_pools().get(preset, {})
+    for s, was in recorded.items():
+        for alias in was.get("same_data", []):
+            SAME_AS[(s, alias["train_pool"], alias["test_set"])] = (was["train_pool"], was["test_set"])
     if table_only and all(s in recorded for s in systems):
         POOL_ID.update({s: recorded[s]["train_pool"] for s in systems})
         TEST_ID.update({s: recorded[s]["test_set"] for s in systems})
         BASELINES.update({s: recorded[s]["baselines"] for s in systems})
-        return
+        return []
     TEST_ID.update({s: edata.test_fingerprint(s) for s in systems})
     POOL_ID.update({s: edata.train_pool_id(s) for s in systems})
     BASELINES.update({s: edata.baselines(s) for s in systems})
-    moved = [
-        f"{s}: train pool {was['train_pool']} → {POOL_ID[s]}, test set {was['test_set']} → {TEST_ID[s]}"
-        for s, was in recorded.items()
-        if s in systems and (was["train_pool"], was["test_set"]) != (POOL_ID[s], TEST_ID[s])
+    if new_pool:
+        for s in systems:  # this run's rows make a new table: they count under their own ids
+            SAME_AS.pop((s, POOL_ID[s], TEST_ID[s]), None)
+        return []
+    return [
+        s
+        for s in systems
+        if s in recorded and current_pair(s) != (recorded[s]["train_pool"], recorded[s]["test_set"])
     ]
-    if moved and not new_pool:
-        raise SystemExit(
-            f"preset {preset!r}: this machine builds other data than its table was made from "
-            f"({'; '.join(moved)}; recorded in {RESULTS / POOLS_FILE}); its runs would start a new table "
-            "without the recorded rows. Tabulate those with --table-only, or pass --new-pool."
+
+
+def accept_rebuilt(preset: str, system: str, p: dict, tune: bool) -> None:
+    """Retrain the cheapest recorded runs of the preset's table (ours, without PITC/PISC, one per
+    method, N_SAME_DATA_RUNS of them) on this machine's rebuilt pool. If every test energy and force
+    MAE comes back within SAME_DATA_RTOL, record the rebuilt pool as the same data (with the
+    comparison) in POOLS_FILE, so its runs join the table; otherwise stop, naming the differences."""
+    was = recorded_pools()[preset][system]
+    table_rows = [
+        r
+        for r in load_runs()
+        if r["system"] == system
+        and (r.get("train_pool"), r.get("test_set")) == (was["train_pool"], was["test_set"])
+        and in_table(r, p)
+        and r["model"] != "mace"
+        and "PIWSL" not in r["method"]
+        and not r["method"].startswith("finetune")
+    ]
+    picked: dict[str, dict] = {}
+    for r in sorted(table_rows, key=lambda r: r["train_s"]):
+        picked.setdefault(r["method"], r)
+    picked_rows = list(picked.values())[:N_SAME_DATA_RUNS]
+    moved = (
+        f"{system}: train pool {was['train_pool']} → {POOL_ID[system]}, "
+        f"test set {was['test_set']} → {TEST_ID[system]}"
+    )
+    checks = []
+    for r in picked_rows:
+        print(f"{moved}: retraining recorded run {r['model']} {r['method']} N={r['n']} seed {r['seed']}")
+        again = run_one(system, r["method"], r["model"], r["n"], r["seed"], r["epochs"], tune)
+        keys = ("test_energy_mae_meV_atom", "test_forces_mae_meV_A")
+        diff = max(abs(again[k] - r[k]) / abs(r[k]) for k in keys)
+        checks.append(
+            {"run": f"{r['model']} {r['method']} N={r['n']} seed {r['seed']}", "max_rel_diff": diff}
+            | {f"recorded_{k}": r[k] for k in keys}
+            | {f"rebuilt_{k}": again[k] for k in keys}
         )
+    if not checks or any(c["max_rel_diff"] > SAME_DATA_RTOL for c in checks):
+        found = "; ".join(f"{c['run']}: relative difference {c['max_rel_diff']:.1e}" for c in checks)
+        raise SystemExit(
+            f"preset {preset!r}: this machine builds other data than its table was made from ({moved}; "
+            f"recorded in {RESULTS / POOLS_FILE}), and "
+            + (
+                f"retrained recorded runs differ by more than {SAME_DATA_RTOL:g}: {found}"
+                if checks
+                else "the table has no recorded run of ours to retrain"
+            )
+            + ". Tabulate the recorded rows with --table-only, or pass --new-pool to start a new table."
+        )
+    data = recorded_pools()
+    entry = {"train_pool": POOL_ID[system], "test_set": TEST_ID[system], "built_with": _versions()}
+    data[preset][system].setdefault("same_data", []).append(entry | {"reproduced": checks})
+    _write_pools(data)
+    SAME_AS[(system, POOL_ID[system], TEST_ID[system])] = (was["train_pool"], was["test_set"])
+    print(f"{moved}: the same data (retrained runs within {SAME_DATA_RTOL:g}); its runs join the table")
+
+
+def in_table(r: dict, p: dict) -> bool:
+    """Whether a row of the right pool was trained as preset ``p`` trains (trainer, N, epochs, lr,
+    first epochs skipped)."""
+    return (
+        r.get("trainer") == TRAINER
+        and r["n"] in p["sizes"]
+        and r.get("epochs") == p["epochs"]
+        and r.get("lr", DEFAULT_LR) == LR
+        and r.get("ignore_first_epochs", 0) == ignored_epochs(r["model"], r["n"], p["epochs"])
+    )
 
 
 def load_runs() -> list[dict]:
@@ -675,6 +774,16 @@ def table(runs: list[dict], preset: str, threads: int) -> str:
         )
     for system in sorted({r["system"] for r in runs}):
         lines.append(f"\nReference points for `{system}`: {BASELINES[system]}")
+        rebuilt = [
+            r for r in runs if r["system"] == system and table_pair(r) != (r["train_pool"], r["test_set"])
+        ]
+        for pool, test in sorted({(r["train_pool"], r["test_set"]) for r in rebuilt}):
+            count = sum((r["train_pool"], r["test_set"]) == (pool, test) for r in rebuilt)
+            lines.append(
+                f"\n{count} `{system}` rows were trained and scored on a rebuild of this pool (train pool "
+                f"{pool}, test set {test}): the same data, as recorded runs retrained on it gave their "
+                f"test errors again within {SAME_DATA_RTOL:g} ({POOLS_FILE})."
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -759,7 +868,8 @@ def main() -> None:
             systems.append(system)
         else:
             print(f"skipping {system}: {edata.available.reason}")
-    set_ids(args.preset, systems, args.table_only, args.new_pool)
+    for system in set_ids(args.preset, systems, args.table_only, args.new_pool):
+        accept_rebuilt(args.preset, system, p, tune)
     earlier = {run_key(r): r for r in load_runs() if r.get("trainer") == TRAINER}
     # a run scored on another test set, without the preset's NVT column or (direct-force heads) without
     # the errors of −∇E or its NVT time, is evaluated again (its trained model is reused; NVT stable
@@ -767,7 +877,8 @@ def main() -> None:
     done = {
         k
         for k, r in earlier.items()
-        if r.get("test_set") == TEST_ID.get(r["system"])
+        if r["system"] in systems
+        and table_pair(r)[1] == current_pair(r["system"])[1]
         and (not needs_nvt or "E+F" in r["method"] or "nvt_stable_ps" in r)
         and (not is_direct(r["model"]) or GRAD_KEYS.keys() <= r.keys())
         and (not needs_nvt or not is_direct(r["model"]) or "E+F" in r["method"] or GRAD_NVT in r)
@@ -783,7 +894,7 @@ def main() -> None:
                     methods = PEER_METHODS if model == "mace" else own
                     for method in [m for m in p["methods"] if m in methods]:
                         fields = {"system": system, "method": method, "model": model, "n": n}
-                        fields["train_pool"] = POOL_ID[system]
+                        fields |= {"train_pool": POOL_ID[system], "test_set": TEST_ID[system]}
                         fields["select"] = selection(model, method, tune)
                         fields["ignore_first_epochs"] = ignored_epochs(model, n, p["epochs"])
                         key = run_key(fields | {"seed": seed, "epochs": p["epochs"], "lr": LR})
@@ -802,14 +913,7 @@ def main() -> None:
     runs = [
         r
         for r in load_runs()
-        if r["system"] in systems
-        and r.get("test_set") == TEST_ID[r["system"]]
-        and r.get("train_pool") == POOL_ID[r["system"]]
-        and r.get("trainer") == TRAINER
-        and r["n"] in p["sizes"]
-        and r.get("epochs") == p["epochs"]
-        and r.get("lr", DEFAULT_LR) == LR
-        and r.get("ignore_first_epochs", 0) == ignored_epochs(r["model"], r["n"], p["epochs"])
+        if r["system"] in systems and table_pair(r) == current_pair(r["system"]) and in_table(r, p)
     ]
     md = table(runs, args.preset, args.threads)
     (RESULTS / f"data_efficiency_{args.preset}.md").write_text(md)

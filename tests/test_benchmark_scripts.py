@@ -238,8 +238,69 @@ def test_tables_keep_to_the_recorded_pools(monkeypatch, tmp_path):
 
     monkeypatch.setattr(de.edata, "train_pool_id", lambda s: "bbbb2222")
     monkeypatch.setattr(de.edata, "test_fingerprint", lambda s: "t2")
-    with pytest.raises(SystemExit, match="aaaa1111 → bbbb2222.*t1 → t2"):
-        de.set_ids("mini", ["cu"], table_only=False, new_pool=False)
-    de.set_ids("mini", ["cu"], table_only=False, new_pool=True)
+    assert de.set_ids("mini", ["cu"], table_only=False, new_pool=False) == ["cu"]
+    with pytest.raises(SystemExit, match="aaaa1111 → bbbb2222.*t1 → t2.*no recorded run"):
+        de.accept_rebuilt("mini", "cu", de.PRESETS["mini"], tune=False)
+    assert de.set_ids("mini", ["cu"], table_only=False, new_pool=True) == []
     de.record_ids("mini", ["cu"])
     assert json.loads((tmp_path / de.POOLS_FILE).read_text())["mini"]["cu"]["train_pool"] == "bbbb2222"
+
+
+def test_a_rebuilt_pool_joins_its_table_only_when_retrained_runs_agree(monkeypatch, tmp_path):
+    """A pool rebuilt with other ids counts as the recorded one only after recorded runs retrained on
+    it give their test errors again (within SAME_DATA_RTOL): then the acceptance and its evidence are
+    recorded, its rows keep their own ids but join the table, and its runs skip the recorded ones."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import data_efficiency as de
+
+    monkeypatch.setattr(de, "RESULTS", tmp_path)
+    monkeypatch.setattr(de, "RUNS", tmp_path / "runs.jsonl")
+    for name in ("POOL_ID", "TEST_ID", "BASELINES", "SAME_AS"):
+        monkeypatch.setattr(de, name, {})
+    monkeypatch.setattr(de, "LR", de.DEFAULT_LR)
+    monkeypatch.setattr(de, "IGNORE_FIRST", 0.0)
+    pools = {"mini": {"cu": {"train_pool": "aaaa1111", "test_set": "t1", "baselines": "b"}}}
+    (tmp_path / de.POOLS_FILE).write_text(json.dumps(pools))
+    recorded = {"system": "cu", "trainer": de.TRAINER, "model": "painn", "n": 25, "seed": 0, "epochs": 60}
+    recorded |= {"train_pool": "aaaa1111", "test_set": "t1", "train_s": 3.0}
+    rows = [
+        recorded
+        | {"method": m, "test_energy_mae_meV_atom": e, "test_forces_mae_meV_A": f}
+        | {"test_forces_rmse_meV_A": 1.4 * f, "eps": 0.05, "w": 1.0}
+        for m, e, f in (("E", 20.0, 300.0), ("E+F", 30.0, 100.0), ("E+PIWSL k=½", 20.0, 290.0))
+    ]
+    de.RUNS.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(de.edata, "train_pool_id", lambda s: "bbbb2222")
+    monkeypatch.setattr(de.edata, "test_fingerprint", lambda s: "t2")
+    monkeypatch.setattr(de.edata, "baselines", lambda s: "b")
+    retrained = []
+
+    def run_one(system, method, model, n, seed, epochs, tune, scale):
+        retrained.append(method)
+        row = next(r for r in rows if r["method"] == method)
+        return {k: v * scale for k, v in row.items() if k.endswith(("_atom", "_A"))}
+
+    monkeypatch.setattr(de, "run_one", lambda *a, **k: run_one(*a, scale=1.05))
+    assert de.set_ids("mini", ["cu"], table_only=False, new_pool=False) == ["cu"]
+    with pytest.raises(SystemExit, match="differ by more than 0.001: painn E N=25 seed 0: relative"):
+        de.accept_rebuilt("mini", "cu", de.PRESETS["mini"], tune=False)
+    assert sorted(retrained) == ["E", "E+F"]  # ours without PITC/PISC, one run per method
+    assert "same_data" not in json.loads((tmp_path / de.POOLS_FILE).read_text())["mini"]["cu"]
+
+    monkeypatch.setattr(de, "run_one", lambda *a, **k: run_one(*a, scale=1.0 + 1e-6))
+    de.accept_rebuilt("mini", "cu", de.PRESETS["mini"], tune=False)
+    entry = json.loads((tmp_path / de.POOLS_FILE).read_text())["mini"]["cu"]
+    (alias,) = entry["same_data"]
+    assert (alias["train_pool"], alias["test_set"]) == ("bbbb2222", "t2")
+    assert {c["run"] for c in alias["reproduced"]} == {"painn E N=25 seed 0", "painn E+F N=25 seed 0"}
+    assert de.current_pair("cu") == ("aaaa1111", "t1")
+    new_row = rows[0] | {"train_pool": "bbbb2222", "test_set": "t2", "n": 100}
+    assert de.table_pair(new_row) == ("aaaa1111", "t1")
+    assert de.run_key(rows[0] | {"train_pool": "bbbb2222", "test_set": "t2"}) == de.run_key(rows[0])
+    assert "1 `cu` rows were trained and scored on a rebuild" in de.table([*rows, new_row], "mini", 1)
+    de.record_ids("mini", ["cu"])  # the recorded entry stays, with its accepted rebuild
+    assert json.loads((tmp_path / de.POOLS_FILE).read_text())["mini"]["cu"] == entry
+
+    monkeypatch.setattr(de, "SAME_AS", {})  # a later process reads the acceptance back
+    assert de.set_ids("mini", ["cu"], table_only=False, new_pool=False) == []
+    assert de.current_pair("cu") == ("aaaa1111", "t1")
