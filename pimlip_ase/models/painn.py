@@ -42,13 +42,19 @@ class Message(nn.Module):
         )
         self.filter = nn.Linear(n_rbf, 3 * n_features)
 
-    def forward(self, s, v, edge_index, rbf, fcut, unit):  # s (N,F) v (N,3,F) unit (E,3)
+    def forward(self, s, v, edge_index, basis, unit):  # s (N,F) v (N,3,F) or None (= 0) unit (E,3)
+        """``basis`` (E, K+1) = [rbf · f_cut, f_cut], so that W(r) = filter(rbf) · f_cut is one matmul
+        with the bias as the last column (no (E, 3F) product with f_cut)."""
         i, j = edge_index
-        x = self.phi(s)[j] * self.filter(rbf) * fcut[:, None]  # (E, 3F)
+        weight = torch.cat([self.filter.weight, self.filter.bias[:, None]], dim=1)  # (3F, K+1)
+        x = self.phi(s)[j] * nn.functional.linear(basis, weight)  # (E, 3F)
         x_vv, x_s, x_vs = torch.chunk(x, 3, dim=-1)  # (E, F) each
-        dv = x_vv[:, None, :] * v[j] + x_vs[:, None, :] * unit[:, :, None]  # (E, 3, F)
+        dv = x_vs[:, None, :] * unit[:, :, None]  # (E, 3, F)
+        if v is not None:  # the first layer's vectors are zero: skip the (E, 3, F) gather and product
+            dv = dv + x_vv[:, None, :] * v[j]
         n = s.shape[0]
-        return s + scatter_sum(x_s, i, n), v + scatter_sum(dv, i, n)
+        dv = scatter_sum(dv, i, n)
+        return s + scatter_sum(x_s, i, n), dv if v is None else v + dv
 
 
 class Update(nn.Module):
@@ -108,12 +114,12 @@ class PaiNN(PotentialModel):
 
     def atomic_outputs(self, species, edge_index, vectors, lengths):
         s = self.embedding(species)  # (N, F)
-        v = s.new_zeros((s.shape[0], 3, self.n_features))  # (N, 3, F)
-        rbf = self.rbf(lengths)  # (E, K)
-        fcut = cosine_cutoff(lengths, self.cutoff)  # (E,)
+        v = None  # (N, 3, F) vectors, zero before the first message
+        fcut = cosine_cutoff(lengths, self.cutoff)[:, None]  # (E, 1)
+        basis = torch.cat([self.rbf(lengths) * fcut, fcut], dim=1)  # (E, K+1), see Message.forward
         unit = vectors / lengths[:, None]  # (E, 3)
         for message, update in zip(self.messages, self.updates, strict=True):
-            s, v = message(s, v, edge_index, rbf, fcut, unit)
+            s, v = message(s, v, edge_index, basis, unit)
             s, v = update(s, v)
         energy = self.readout(s).squeeze(-1)  # (N,)
         if self.forces_mode != "direct":
