@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
 
@@ -117,6 +118,18 @@ def test_supercell_energy_is_extensive(arch):
     e_2, f_2 = _energy(model, cell * (2, 1, 1))
     assert e_2 == pytest.approx(2 * e_c, rel=1e-10)
     np.testing.assert_allclose(f_2, np.concatenate([f_c, f_c]), atol=1e-10)
+
+
+@pytest.mark.parametrize("arch,forces", [("schnet", "autograd"), ("painn", "autograd"), ("painn", "direct")])
+def test_energy_and_forces_are_continuous_where_a_pair_leaves_the_cutoff(arch, forces):
+    """A dimer just inside and just outside r_c: every pair term (filter weights and biases alike)
+    is cut off smoothly, so the energy matches two free atoms and the forces vanish."""
+    model = make_model(arch, ["Cu"], forces=forces)
+    rc = model.cutoff
+    e_in, f_in = _energy(model, Atoms("Cu2", positions=[[0, 0, 0], [rc - 1e-6, 0, 0]]))
+    e_out, f_out = _energy(model, Atoms("Cu2", positions=[[0, 0, 0], [rc + 1e-6, 0, 0]]))
+    assert e_in == pytest.approx(e_out, abs=1e-9)
+    np.testing.assert_allclose(f_in, f_out, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
